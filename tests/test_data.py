@@ -1,0 +1,200 @@
+"""Fashion-MNIST loading: the real files, the search order, clear errors, atomic verified downloads."""
+import gzip
+import hashlib
+import http.server
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mxnet import nd
+
+from d2lbn import data
+
+
+def write_idx(path: Path, array: np.ndarray) -> bytes:
+    """Write ``array`` (uint8) as a gzip IDX file; return the decompressed bytes."""
+    magic = {1: 2049, 3: 2051}[array.ndim]
+    raw = struct.pack(f">{1 + array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+    with gzip.open(path, "wb") as f:
+        f.write(raw)
+    return raw
+
+
+def make_fake_set(folder: Path, n_train=12, n_test=5, seed=0):
+    """Four small, valid IDX files; returns {name: sha256 of decompressed content}."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        for kind, arr in (("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+                          ("labels-idx1", rng.integers(0, 10, n))):
+            name = f"{prefix}-{kind}-ubyte.gz"
+            digests[name] = hashlib.sha256(write_idx(folder / name, arr)).hexdigest()
+    return digests
+
+
+@pytest.fixture
+def no_system_data(monkeypatch, tmp_path):
+    """Hide every real copy: $D2LBN_DATA unset, MXNet cache and Debian folder pointed at empty dirs."""
+    monkeypatch.delenv("D2LBN_DATA", raising=False)
+    monkeypatch.setattr(data, "MXNET_CACHE", tmp_path / "mxnet-cache")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "debian")
+    data._read_split.cache_clear()
+    yield
+    data._read_split.cache_clear()
+
+
+# ---- the real data set ---------------------------------------------------------------------------
+
+def test_real_fashion_mnist():
+    train_iter, test_iter = data.load_fashion_mnist(batch_size=1000)
+    assert len(train_iter._dataset) == 60000 and len(test_iter._dataset) == 10000
+    X, y = next(iter(test_iter))
+    assert X.shape == (1000, 1, 28, 28) and X.dtype == np.float32
+    assert 0.0 == X.min().asscalar() and X.max().asscalar() == 1.0
+    assert y.dtype == np.int32 and set(np.unique(y.asnumpy())) == set(range(10))
+    (train_X, train_y), (test_X, test_y) = data.read_fashion_mnist()
+    # the test loader does not shuffle: its first batch is the first 1000 test images, scaled by 1/255
+    np.testing.assert_allclose(X.asnumpy()[:, 0], test_X[:1000] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.bincount(train_y), [6000] * 10)   # balanced classes
+
+
+def test_real_files_match_published_checksums():
+    folder = data.find_data_dir()
+    assert folder is not None
+    for name, sha in data.FILES.items():
+        assert data._sha256_of_gzip(folder / name) == sha, name
+
+
+def test_resize():
+    _, test_iter = data.load_fashion_mnist(batch_size=8, resize=32)
+    X, _ = next(iter(test_iter))
+    assert X.shape == (8, 1, 32, 32)
+
+
+def test_train_loader_shuffles():
+    train_iter, _ = data.load_fashion_mnist(batch_size=64)
+    first = next(iter(train_iter))[1].asnumpy()
+    second = next(iter(train_iter))[1].asnumpy()
+    assert not np.array_equal(first, second)
+
+
+# ---- search order ---------------------------------------------------------------------------------
+
+def test_search_order(monkeypatch, tmp_path, no_system_data):
+    root, env = tmp_path / "root", tmp_path / "env"
+    make_fake_set(env, n_train=7, seed=1)
+    monkeypatch.setenv("D2LBN_DATA", str(env))
+    assert data.search_dirs(root) == [root, env, data.MXNET_CACHE, data.DEBIAN_DIR]
+    assert data.find_data_dir(root) == env          # root is empty, so $D2LBN_DATA wins
+    make_fake_set(root, n_train=9, seed=2)
+    assert data.find_data_dir(root) == root         # root first once it holds the files
+    (train_X, _), _ = data.read_fashion_mnist(root)
+    assert len(train_X) == 9
+
+
+def test_loader_from_custom_root(tmp_path, no_system_data):
+    make_fake_set(tmp_path / "d", n_train=12, n_test=5)
+    train_iter, test_iter = data.load_fashion_mnist(batch_size=4, root=tmp_path / "d")
+    assert sum(X.shape[0] for X, _ in train_iter) == 12
+    assert sum(X.shape[0] for X, _ in test_iter) == 5
+
+
+# ---- errors that name the problem ----------------------------------------------------------------
+
+def test_nothing_anywhere_and_no_network(monkeypatch, tmp_path, no_system_data):
+    monkeypatch.setenv("D2LBN_DATA_URL", "http://127.0.0.1:9/")   # discard port: connection refused
+    with pytest.raises(data.DataNotFoundError) as info:
+        data.load_fashion_mnist(32)
+    message = str(info.value)
+    for place in (data.MXNET_CACHE, data.DEBIAN_DIR):
+        assert str(place) in message
+    assert "apt-get install dataset-fashion-mnist" in message and "D2LBN_DATA" in message
+    assert "download failed" in message
+
+
+def test_truncated_file_is_named(tmp_path, no_system_data):
+    make_fake_set(tmp_path)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(data.DataFileError, match="train-images-idx3-ubyte.gz is truncated"):
+        data.read_fashion_mnist(tmp_path)
+
+
+def test_wrong_magic_is_named(tmp_path, no_system_data):
+    make_fake_set(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros((5, 28, 28)))  # images where labels belong
+    with pytest.raises(data.DataFileError, match="t10k-labels-idx1-ubyte.gz has IDX magic number 2051"):
+        data.read_fashion_mnist(tmp_path)
+
+
+def test_count_mismatch_is_named(tmp_path, no_system_data):
+    make_fake_set(tmp_path)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(11))
+    with pytest.raises(data.DataFileError, match="holds 12 images but .* holds 11 labels"):
+        data.read_fashion_mnist(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, None])
+def test_bad_batch_size(bad):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        data.load_fashion_mnist(bad)
+
+
+def test_text_labels():
+    assert data.get_fashion_mnist_labels([0, 9, 3]) == ["t-shirt", "ankle boot", "dress"]
+    assert data.get_fashion_mnist_labels(nd.array([1, 8])) == ["trouser", "bag"]
+    with pytest.raises(ValueError, match="labels must be integers in 0..9"):
+        data.get_fashion_mnist_labels([10])
+
+
+# ---- downloads: verified, atomic --------------------------------------------------------------------
+
+@pytest.fixture
+def file_server(tmp_path):
+    """Serve a folder on 127.0.0.1; yields (folder, base_url)."""
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield served, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def test_download_verified_and_atomic(monkeypatch, tmp_path, no_system_data, file_server):
+    served, url = file_server
+    digests = make_fake_set(served)
+    monkeypatch.setattr(data, "FILES", digests)
+    monkeypatch.setenv("D2LBN_DATA_URL", url)
+    target = tmp_path / "target"
+    (train_X, _), (test_X, _) = data.read_fashion_mnist(target)
+    assert len(train_X) == 12 and len(test_X) == 5
+    assert sorted(p.name for p in target.iterdir()) == sorted(digests)   # no temp files left
+
+
+def test_corrupt_download_leaves_nothing(monkeypatch, tmp_path, no_system_data, file_server):
+    served, url = file_server
+    digests = make_fake_set(served)
+    monkeypatch.setattr(data, "FILES", digests)
+    # the server's copy differs from what the checksum promises: altered content, valid gzip
+    write_idx(served / "train-labels-idx1-ubyte.gz", np.ones(12))
+    target = tmp_path / "target"
+    with pytest.raises(data.DataFileError, match="failed its checksum"):
+        data.download_fashion_mnist(target, base_url=url)
+    assert not (target / "train-labels-idx1-ubyte.gz").exists()
+    assert not any(p.name.endswith(".part") for p in target.iterdir())
+    # once the server is fixed, a retry completes the set
+    make_fake_set(served)
+    data.download_fashion_mnist(target, base_url=url)
+    assert sorted(p.name for p in target.iterdir()) == sorted(digests)
