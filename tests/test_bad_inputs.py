@@ -1,0 +1,89 @@
+"""One table of bad inputs to every public d2lbn function and the error each must raise.
+
+Each row: (id, call, exception type, regex the message must match). The regexes ask for the argument's
+name and what was given, so a bare ``assert`` or a stack trace from deep inside MXNet fails the row.
+"""
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import nd
+
+import d2lbn
+from d2lbn import data, device, plot
+from d2lbn.norm import pure_batch_norm
+
+
+def ones(*shape, ctx=None):
+    return nd.ones(shape, ctx=ctx or mx.cpu())
+
+
+CASES = [
+    # --- pure_batch_norm -------------------------------------------------------------------------
+    ("pure: rank 1", lambda: pure_batch_norm(ones(5), ones(5), ones(5)),
+     ValueError, r"X must have rank 2 .* got rank 1 with shape \(5,\)"),
+    ("pure: rank 3", lambda: pure_batch_norm(ones(2, 3, 4), ones(3), ones(3)),
+     ValueError, r"X must have rank 2 .* got rank 3"),
+    ("pure: rank 5", lambda: pure_batch_norm(ones(2, 3, 4, 4, 4), ones(3), ones(3)),
+     ValueError, r"got rank 5"),
+    ("pure: numpy X", lambda: pure_batch_norm(np.ones((2, 3)), ones(3), ones(3)),
+     TypeError, r"X must be an mxnet NDArray, got ndarray"),
+    ("pure: list gamma", lambda: pure_batch_norm(ones(2, 3), [1, 1, 1], ones(3)),
+     TypeError, r"gamma must be an mxnet NDArray of shape \(3,\), got list"),
+    ("pure: short gamma", lambda: pure_batch_norm(ones(2, 3), ones(2), ones(3)),
+     ValueError, r"gamma must have shape \(3,\) .* got shape \(2,\)"),
+    ("pure: long beta", lambda: pure_batch_norm(ones(2, 3, 2, 2), ones(3), ones(4)),
+     ValueError, r"beta must have shape \(3,\) .* got shape \(4,\)"),
+    ("pure: 2-D gamma", lambda: pure_batch_norm(ones(2, 3), ones(1, 3), ones(3)),
+     ValueError, r"gamma must have shape \(3,\) .* got shape \(1, 3\)"),
+    ("pure: gamma on cpu(1)", lambda: pure_batch_norm(ones(2, 3), ones(3, ctx=mx.cpu(1)), ones(3)),
+     ValueError, r"gamma lives on cpu\(1\) but X lives on cpu\(0\)"),
+    ("pure: empty batch", lambda: pure_batch_norm(nd.array(np.zeros((0, 3))), ones(3), ones(3)),
+     ValueError, r"X must not be empty; got shape \(0, 3\)"),
+    ("pure: eps 0", lambda: pure_batch_norm(ones(2, 3), ones(3), ones(3), eps=0.0),
+     ValueError, r"eps must be > 0 .* got 0.0"),
+    ("pure: eps negative", lambda: pure_batch_norm(ones(2, 3), ones(3), ones(3), eps=-1.0),
+     ValueError, r"eps must be > 0 .* got -1.0"),
+    # --- data -------------------------------------------------------------------------------------
+    ("data: batch_size 0", lambda: data.load_fashion_mnist(0),
+     ValueError, r"batch_size must be a positive int; got 0"),
+    ("data: batch_size negative", lambda: data.load_fashion_mnist(-5),
+     ValueError, r"batch_size must be a positive int; got -5"),
+    ("data: batch_size float", lambda: data.load_fashion_mnist(2.5),
+     ValueError, r"batch_size must be a positive int; got 2.5"),
+    ("data: resize 0", lambda: data.load_fashion_mnist(8, resize=0),
+     ValueError, r"resize must be None or a positive int; got 0"),
+    ("data: label 10", lambda: data.get_fashion_mnist_labels([3, 10]),
+     ValueError, r"labels must be integers in 0..9; got 10"),
+    ("data: label 1.5", lambda: data.get_fashion_mnist_labels([1.5]),
+     ValueError, r"labels must be integers in 0..9; got 1.5"),
+    ("data: missing file", lambda: data.read_idx("/nonexistent/x-idx1-ubyte.gz", 1),
+     data.DataNotFoundError, r"/nonexistent/x-idx1-ubyte.gz: no such file"),
+    # --- device -----------------------------------------------------------------------------------
+    ("device: negative index", lambda: device.try_gpu(-1),
+     ValueError, r"i must be a GPU index, an int >= 0; got -1"),
+    ("device: string index", lambda: device.try_gpu("gpu0"),
+     ValueError, r"i must be a GPU index, an int >= 0; got 'gpu0'"),
+    # --- repro / plot -----------------------------------------------------------------------------
+    ("seed: negative", lambda: d2lbn.set_seed(-1),
+     ValueError, r"seed must be an int >= 0; got -1"),
+    ("seed: float", lambda: d2lbn.set_seed(1.0),
+     ValueError, r"seed must be an int >= 0; got 1.0"),
+    ("plot: rank 2 images", lambda: plot.show_images(np.zeros((28, 28)), 1, 1),
+     ValueError, r"images must have shape \(n, H, W\) or \(n, 1, H, W\); got \(28, 28\)"),
+    ("plot: too many images", lambda: plot.show_images(np.zeros((5, 4, 4)), 2, 2),
+     ValueError, r"5 images do not fit a 2x2 grid"),
+    ("plot: titles mismatch", lambda: plot.show_images(np.zeros((2, 4, 4)), 1, 2, titles=["a"]),
+     ValueError, r"got 1 titles for 2 images"),
+]
+
+
+@pytest.mark.parametrize("call, error, pattern", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+def test_error_types_are_documented():
+    """d2lbn's own error classes subclass the built-in ones callers already catch."""
+    assert issubclass(data.DataFileError, ValueError)
+    assert issubclass(data.DataNotFoundError, FileNotFoundError)
