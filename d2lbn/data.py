@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import struct
 import tempfile
@@ -163,7 +164,7 @@ def locate_or_download(root: Optional[os.PathLike] = None) -> Path:
     target = searched[0] if (root is not None or os.environ.get("D2LBN_DATA")) else MXNET_CACHE.expanduser()
     try:
         return download_fashion_mnist(target)
-    except (urllib.error.URLError, OSError, DataFileError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, DataFileError) as err:
         raise DataNotFoundError(_not_found_message(searched, err)) from None
 
 

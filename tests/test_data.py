@@ -198,3 +198,51 @@ def test_corrupt_download_leaves_nothing(monkeypatch, tmp_path, no_system_data, 
     make_fake_set(served)
     data.download_fashion_mnist(target, base_url=url)
     assert sorted(p.name for p in target.iterdir()) == sorted(digests)
+
+
+def test_interrupted_download_leaves_nothing_and_retry_succeeds(monkeypatch, tmp_path, no_system_data):
+    """The server promises the whole file, sends half, and hangs up: no file is trusted afterwards."""
+    served = tmp_path / "served"
+    digests = make_fake_set(served)
+    monkeypatch.setattr(data, "FILES", digests)
+    state = {"cut": True}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (served / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if state["cut"] else body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("D2LBN_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}/")
+        target = tmp_path / "target"
+        with pytest.raises(data.DataNotFoundError, match="download failed"):
+            data.read_fashion_mnist(target)
+        assert [p.name for p in target.iterdir()] == []          # no half file, no temp file
+        state["cut"] = False
+        (train_X, _), _ = data.read_fashion_mnist(target)         # the retry completes
+        assert len(train_X) == 12
+    finally:
+        server.shutdown()
+
+
+def test_default_download_uses_https():
+    assert data.DEFAULT_URL.startswith("https://")
+
+
+def test_found_from_any_working_directory(tmp_path):
+    """A notebook run from another folder imports d2lbn (installed, no sys.path tricks) and finds the data."""
+    import subprocess
+    import sys
+    code = "import d2lbn.data as d; print(d.find_data_dir())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == str(data.find_data_dir())
