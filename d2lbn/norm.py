@@ -10,12 +10,15 @@ the same layout as MXNet's own ``gluon.nn.BatchNorm`` parameters, so weights can
 """
 from __future__ import annotations
 
-from typing import Tuple
+import numbers
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import mxnet as mx
-from mxnet import nd
+from mxnet import autograd, init, nd
+from mxnet.gluon import nn
 
-__all__ = ["pure_batch_norm", "reduction_axes", "check_norm_inputs"]
+__all__ = ["pure_batch_norm", "reduction_axes", "check_norm_inputs",
+           "batch_norm", "check_momentum", "BatchNorm", "IMPLEMENTATIONS", "DEFAULT_IMPL", "get_impl"]
 
 
 def reduction_axes(X: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -72,3 +75,147 @@ def pure_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     X_hat = (X - mean) / nd.sqrt(var + eps)
     return gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape)
+
+
+def check_momentum(momentum: float) -> None:
+    """Raise unless ``momentum`` is a real number in [0, 1) (MXNet's convention; see ``batch_norm``)."""
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a real number in [0, 1), got {type(momentum).__name__}")
+    if not 0 <= momentum < 1:
+        raise ValueError(
+            f"momentum must be in [0, 1): it is the weight of the OLD moving statistics, "
+            f"moving = momentum * moving + (1 - momentum) * batch (MXNet/Keras convention; PyTorch's "
+            f"momentum=0.1 means momentum=0.9 here); got {momentum!r}")
+
+
+def batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+               moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
+               eps: float = 1e-5, momentum: float = 0.9
+               ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Batch normalization for training *and* inference; returns ``(Y, new_moving_mean, new_moving_var)``.
+
+    X: (N, D) or (N, C, H, W); gamma, beta, moving_mean, moving_var: (D,) or (C,), on X's context.
+    Y is shaped like X.
+
+    * ``training=True``: normalise with the batch mean and the *biased* batch variance (as
+      ``pure_batch_norm``), and return updated moving statistics in MXNet's convention,
+      ``new = momentum * moving + (1 - momentum) * batch_statistic``, with the biased variance.
+      A batch with a single value per feature/channel (N == 1 for (N, D), N*H*W == 1 for 4-D) is
+      refused: its variance is 0 and Y would be exactly ``beta`` whatever X holds.
+    * ``training=False``: normalise with ``moving_mean`` and ``moving_var``; every example is
+      treated alone, and the moving statistics come back unchanged.
+
+    The returned moving statistics carry no autograd history (they are never differentiated), and
+    the inputs are not modified: the caller stores the new values (``moving_mean[:] = new``).
+    """
+    axes, param_shape = check_norm_inputs(X, eps, gamma=gamma, beta=beta,
+                                          moving_mean=moving_mean, moving_var=moving_var)
+    check_momentum(momentum)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    if not training:
+        X_hat = (X - moving_mean.reshape(param_shape)) / nd.sqrt(moving_var.reshape(param_shape) + eps)
+        return (gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape),
+                moving_mean.detach(), moving_var.detach())
+    m = X.size // X.shape[1]                      # values per feature/channel: N or N*H*W
+    if m == 1:
+        raise ValueError(
+            f"training-mode batch norm needs more than one value per feature/channel to estimate a "
+            f"variance; X of shape {X.shape} has one (its variance is 0, so the output would be exactly "
+            f"beta whatever the input). Use a larger batch, or training=False to use the moving statistics")
+    mean = X.mean(axis=axes, keepdims=True)
+    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    X_hat = (X - mean) / nd.sqrt(var + eps)
+    Y = gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape)
+    num_features = X.shape[1]
+    batch_mean = mean.detach().reshape((num_features,))
+    batch_var = var.detach().reshape((num_features,))
+    new_moving_mean = momentum * moving_mean.detach() + (1.0 - momentum) * batch_mean
+    new_moving_var = momentum * moving_var.detach() + (1.0 - momentum) * batch_var
+    return Y, new_moving_mean, new_moving_var
+
+
+BatchNormFunction = Callable[..., Tuple[nd.NDArray, nd.NDArray, nd.NDArray]]
+
+#: Registered implementations of ``batch_norm``'s signature, by name; ``BatchNorm(impl=...)`` picks one.
+IMPLEMENTATIONS: Dict[str, BatchNormFunction] = {"naive": batch_norm}
+
+#: The implementation ``BatchNorm`` uses when ``impl`` is None (looked up when the layer is built).
+DEFAULT_IMPL = "naive"
+
+
+def get_impl(impl: Union[None, str, BatchNormFunction] = None) -> BatchNormFunction:
+    """Resolve ``impl``: None -> ``IMPLEMENTATIONS[DEFAULT_IMPL]``, a name -> its registered function,
+    a callable (with ``batch_norm``'s signature) -> itself. An unknown name is a ``ValueError``."""
+    if impl is None:
+        impl = DEFAULT_IMPL
+    if callable(impl):
+        return impl
+    if not isinstance(impl, str) or impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)} (or a function with "
+                         f"batch_norm's signature); got {impl!r}")
+    return IMPLEMENTATIONS[impl]
+
+
+class BatchNorm(nn.Block):
+    """Batch normalization layer built on ``batch_norm``, with the parameter layout of ``gluon.nn.BatchNorm``.
+
+    num_features: D for X: (N, D), or C for X: (N, C, H, W); num_dims: 2 or 4, the rank of X.
+    Parameters, each shaped (num_features,): ``gamma`` (init 1) and ``beta`` (init 0), trained;
+    ``moving_mean`` (init 0) and ``moving_var`` (init 1), not trained (``grad_req='null'``).
+
+    The mode follows ``autograd.is_training()`` (True inside ``autograd.record()`` and
+    ``autograd.train_mode()``). In training mode the forward pass updates the moving statistics in
+    place; unlike ``gluon.nn.BatchNorm`` (which updates them during ``backward``) no backward pass is
+    needed. The layer computes on X's context, with the parameter copies initialised there.
+
+    ``impl`` picks the function: None (``DEFAULT_IMPL``), a name in ``IMPLEMENTATIONS``, or a function
+    with ``batch_norm``'s signature (the book uses this to run a deliberately wrong one).
+    """
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9,
+                 impl: Union[None, str, BatchNormFunction] = None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
+            raise ValueError(f"num_features must be a positive int; got {num_features!r}")
+        if num_dims not in (2, 4) or isinstance(num_dims, bool):
+            raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
+        check_momentum(momentum)
+        self.num_features, self.num_dims = num_features, num_dims
+        self.eps, self.momentum = float(eps), float(momentum)
+        self.impl = DEFAULT_IMPL if impl is None else impl
+        self._fn = get_impl(self.impl)
+        shape = (num_features,)
+        with self.name_scope():
+            self.gamma = self.params.get("gamma", shape=shape, init=init.One())
+            self.beta = self.params.get("beta", shape=shape, init=init.Zero())
+            self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
+                                               grad_req="null", differentiable=False)
+            self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
+                                              grad_req="null", differentiable=False)
+
+    def forward(self, X: nd.NDArray) -> nd.NDArray:
+        if not isinstance(X, nd.NDArray):
+            raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
+        if X.ndim != self.num_dims or X.shape[1] != self.num_features:
+            expected = "(N, %d)" % self.num_features if self.num_dims == 2 else \
+                "(N, %d, H, W)" % self.num_features
+            raise ValueError(f"{self.name} expects X of shape {expected}; got shape {X.shape}")
+        ctx = X.context
+        moving_mean, moving_var = self.moving_mean.data(ctx), self.moving_var.data(ctx)
+        training = autograd.is_training()
+        Y, new_mean, new_var = self._fn(X, self.gamma.data(ctx), self.beta.data(ctx), moving_mean,
+                                        moving_var, training=training, eps=self.eps,
+                                        momentum=self.momentum)
+        if training:
+            with autograd.pause():
+                moving_mean[:] = new_mean
+                moving_var[:] = new_var
+        return Y
+
+    def __repr__(self) -> str:
+        impl = self.impl if isinstance(self.impl, str) else getattr(self.impl, "__name__", repr(self.impl))
+        return (f"{type(self).__name__}(num_features={self.num_features}, num_dims={self.num_dims}, "
+                f"eps={self.eps:g}, momentum={self.momentum:g}, impl={impl!r})")
