@@ -10,11 +10,24 @@ from mxnet import nd
 
 import d2lbn
 from d2lbn import data, device, plot
-from d2lbn.norm import pure_batch_norm
+from d2lbn.norm import BatchNorm, batch_norm, pure_batch_norm
 
 
 def ones(*shape, ctx=None):
     return nd.ones(shape, ctx=ctx or mx.cpu())
+
+
+def bn(X, C=3, training=True, **kwargs):
+    """batch_norm with valid statistics of length C unless kwargs override them."""
+    args = dict(gamma=ones(C), beta=nd.zeros(C), moving_mean=nd.zeros(C), moving_var=ones(C))
+    args.update(kwargs)
+    return batch_norm(X, training=training, **args)
+
+
+def layer_call(layer, X, training=False):
+    layer.initialize()
+    with mx.autograd.record(train_mode=training):
+        return layer(X)
 
 
 CASES = [
@@ -43,6 +56,46 @@ CASES = [
      ValueError, r"eps must be > 0 .* got 0.0"),
     ("pure: eps negative", lambda: pure_batch_norm(ones(2, 3), ones(3), ones(3), eps=-1.0),
      ValueError, r"eps must be > 0 .* got -1.0"),
+    # --- batch_norm ------------------------------------------------------------------------------
+    ("bn: rank 3", lambda: bn(ones(2, 3, 4)), ValueError, r"X must have rank 2 .* got rank 3"),
+    ("bn: short moving_mean", lambda: bn(ones(4, 3), moving_mean=nd.zeros(2)),
+     ValueError, r"moving_mean must have shape \(3,\) .* got shape \(2,\)"),
+    ("bn: long moving_var", lambda: bn(ones(4, 3, 2, 2), moving_var=ones(5)),
+     ValueError, r"moving_var must have shape \(3,\) .* got shape \(5,\)"),
+    ("bn: moving_var on cpu(1)", lambda: bn(ones(4, 3), moving_var=ones(3, ctx=mx.cpu(1))),
+     ValueError, r"moving_var lives on cpu\(1\) but X lives on cpu\(0\)"),
+    ("bn: numpy moving_mean", lambda: bn(ones(4, 3), moving_mean=np.zeros(3)),
+     TypeError, r"moving_mean must be an mxnet NDArray .* got ndarray"),
+    ("bn: batch of one (2-D)", lambda: bn(ones(1, 3)),
+     ValueError, r"more than one value per feature/channel .* shape \(1, 3\)"),
+    ("bn: batch of one pixel (4-D)", lambda: bn(ones(1, 3, 1, 1)),
+     ValueError, r"more than one value per feature/channel .* shape \(1, 3, 1, 1\)"),
+    ("bn: empty batch", lambda: bn(nd.array(np.zeros((0, 3)))),
+     ValueError, r"X must not be empty; got shape \(0, 3\)"),
+    ("bn: eps 0", lambda: bn(ones(4, 3), eps=0), ValueError, r"eps must be > 0 .* got 0"),
+    ("bn: momentum 1", lambda: bn(ones(4, 3), momentum=1.0),
+     ValueError, r"momentum must be in \[0, 1\).* got 1.0"),
+    ("bn: momentum negative", lambda: bn(ones(4, 3), momentum=-0.1),
+     ValueError, r"momentum must be in \[0, 1\).* got -0.1"),
+    ("bn: momentum string", lambda: bn(ones(4, 3), momentum="0.9"),
+     TypeError, r"momentum must be a real number in \[0, 1\), got str"),
+    ("bn: training None", lambda: bn(ones(4, 3), training=None),
+     TypeError, r"training must be True or False, got None"),
+    # --- BatchNorm layer ---------------------------------------------------------------------------
+    ("layer: num_features 0", lambda: BatchNorm(0, 2), ValueError, r"num_features must be a positive int; got 0"),
+    ("layer: num_dims 3", lambda: BatchNorm(3, 3), ValueError, r"num_dims must be 2 .* or 4 .*; got 3"),
+    ("layer: eps negative", lambda: BatchNorm(3, 2, eps=-1), ValueError, r"eps must be > 0 .* got -1"),
+    ("layer: momentum 1.5", lambda: BatchNorm(3, 2, momentum=1.5), ValueError, r"momentum must be in \[0, 1\)"),
+    ("layer: unknown impl", lambda: BatchNorm(3, 2, impl="cudnn"),
+     ValueError, r"impl must be one of \[.*'naive'.*\] .* got 'cudnn'"),
+    ("layer: wrong rank input", lambda: layer_call(BatchNorm(3, 4), ones(2, 3)),
+     ValueError, r"expects X of shape \(N, 3, H, W\); got shape \(2, 3\)"),
+    ("layer: wrong channel count", lambda: layer_call(BatchNorm(3, 2), ones(2, 4)),
+     ValueError, r"expects X of shape \(N, 3\); got shape \(2, 4\)"),
+    ("layer: numpy input", lambda: layer_call(BatchNorm(3, 2), np.ones((2, 3))),
+     TypeError, r"X must be an mxnet NDArray, got ndarray"),
+    ("layer: training batch of one", lambda: layer_call(BatchNorm(3, 2), ones(1, 3), training=True),
+     ValueError, r"more than one value per feature/channel .* shape \(1, 3\)"),
     # --- data -------------------------------------------------------------------------------------
     ("data: batch_size 0", lambda: data.load_fashion_mnist(0),
      ValueError, r"batch_size must be a positive int; got 0"),

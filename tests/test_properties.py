@@ -97,3 +97,43 @@ def test_finite_for_large_magnitudes(batch, offset):
     assert np.isfinite(y).all()
     expected, _, _ = numpy_batch_norm(x, np.ones_like(gamma), np.zeros_like(beta))
     np.testing.assert_allclose(y, expected, atol=5e-2)
+
+
+# ---- batch_norm: training and inference against the float64 reference ------------------------------
+
+from d2lbn.norm import batch_norm  # noqa: E402
+
+
+@SETTINGS
+@given(batches(), st.floats(0.0, 0.99), st.data())
+def test_batch_norm_training_matches_reference(batch, momentum, data):
+    x, gamma, beta, _ = batch
+    C = x.shape[1]
+    moving_mean = np.array(data.draw(st.lists(st.floats(-5, 5, width=32, allow_subnormal=False), min_size=C, max_size=C)))
+    moving_var = np.array(data.draw(st.lists(st.floats(0.01, 5, width=32), min_size=C, max_size=C)))
+    Y, new_mean, new_var = batch_norm(nd.array(x), nd.array(gamma), nd.array(beta), nd.array(moving_mean),
+                                      nd.array(moving_var), training=True, momentum=momentum)
+    expected, mean, var = numpy_batch_norm(x, gamma, beta)
+    scale = 1 + np.abs(x).max()
+    np.testing.assert_allclose(Y.asnumpy(), expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(gamma).max()))
+    np.testing.assert_allclose(new_mean.asnumpy(), momentum * moving_mean + (1 - momentum) * mean,
+                               rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(new_var.asnumpy(), momentum * moving_var + (1 - momentum) * var,
+                               rtol=1e-4, atol=1e-5 * scale ** 2)
+
+
+@SETTINGS
+@given(batches(), st.data())
+def test_batch_norm_inference_matches_reference(batch, data):
+    x, gamma, beta, _ = batch
+    C = x.shape[1]
+    moving_mean = np.array(data.draw(st.lists(st.floats(-5, 5, width=32, allow_subnormal=False), min_size=C, max_size=C)))
+    moving_var = np.array(data.draw(st.lists(st.floats(0.01, 5, width=32), min_size=C, max_size=C)))
+    shape = (1, C) if x.ndim == 2 else (1, C, 1, 1)
+    expected = (gamma.reshape(shape) * (x - moving_mean.reshape(shape))
+                / np.sqrt(moving_var.reshape(shape) + 1e-5) + beta.reshape(shape))
+    Y, new_mean, new_var = batch_norm(nd.array(x), nd.array(gamma), nd.array(beta), nd.array(moving_mean),
+                                      nd.array(moving_var), training=False)
+    np.testing.assert_allclose(Y.asnumpy(), expected, rtol=1e-4, atol=1e-4 * (1 + np.abs(expected).max()))
+    np.testing.assert_allclose(new_mean.asnumpy(), moving_mean, rtol=1e-6)   # unchanged
+    np.testing.assert_allclose(new_var.asnumpy(), moving_var, rtol=1e-6)
