@@ -219,3 +219,65 @@ class BatchNorm(nn.Block):
         impl = self.impl if isinstance(self.impl, str) else getattr(self.impl, "__name__", repr(self.impl))
         return (f"{type(self).__name__}(num_features={self.num_features}, num_dims={self.num_dims}, "
                 f"eps={self.eps:g}, momentum={self.momentum:g}, impl={impl!r})")
+
+
+# ---- layer normalization (for contrast: statistics per example, not per batch) --------------------
+
+def layer_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray, eps: float = 1e-5) -> nd.NDArray:
+    """Layer normalization (Ba et al., 2016): normalise each *example* with its own statistics.
+
+    X: (N, D) -- mean and biased variance of each row over its D features (axis 1);
+    X: (N, C, H, W) -- of each example over all its C*H*W values (axes 1, 2, 3).
+    gamma, beta: (D,) or (C,), one scale and shift per feature/channel as in ``batch_norm`` (for 4-D
+    input this is group normalization with one group). Returns an array shaped like X.
+
+    No statistic mixes examples, so the result for one example does not depend on the rest of the
+    batch (or on its size), and training and inference compute the same thing: there are no moving
+    statistics. A single example is fine.
+    """
+    check_norm_inputs(X, eps, gamma=gamma, beta=beta)
+    _, param_shape = reduction_axes(X)
+    axes = tuple(range(1, X.ndim))
+    mean = X.mean(axis=axes, keepdims=True)                    # (N, 1) or (N, 1, 1, 1)
+    var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
+    X_hat = (X - mean) / nd.sqrt(var + eps)
+    return gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape)
+
+
+class LayerNorm(nn.Block):
+    """Layer normalization layer built on ``layer_norm``, with the interface of ``BatchNorm``.
+
+    num_features: D for X: (N, D), or C for X: (N, C, H, W); num_dims: 2 or 4, the rank of X.
+    Parameters ``gamma`` (init 1) and ``beta`` (init 0), each (num_features,). Nothing else: the
+    layer behaves the same in training and inference mode.
+    """
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
+            raise ValueError(f"num_features must be a positive int; got {num_features!r}")
+        if num_dims not in (2, 4) or isinstance(num_dims, bool):
+            raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
+        self.num_features, self.num_dims, self.eps = num_features, num_dims, float(eps)
+        with self.name_scope():
+            self.gamma = self.params.get("gamma", shape=(num_features,), init=init.One())
+            self.beta = self.params.get("beta", shape=(num_features,), init=init.Zero())
+
+    def forward(self, X: nd.NDArray) -> nd.NDArray:
+        if not isinstance(X, nd.NDArray):
+            raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
+        if X.ndim != self.num_dims or X.shape[1] != self.num_features:
+            expected = "(N, %d)" % self.num_features if self.num_dims == 2 else \
+                "(N, %d, H, W)" % self.num_features
+            raise ValueError(f"{self.name} expects X of shape {expected}; got shape {X.shape}")
+        ctx = X.context
+        return layer_norm(X, self.gamma.data(ctx), self.beta.data(ctx), self.eps)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_features={self.num_features}, num_dims={self.num_dims}, "
+                f"eps={self.eps:g})")
+
+
+__all__ += ["layer_norm", "LayerNorm"]
