@@ -9,7 +9,7 @@ _build/html is served on 127.0.0.1 and every page of _toc.yml is opened. For eac
 * the sidebar lists every page, marks the current one, and all its links resolve;
 * chapters' dropdown solutions start hidden and open on a click.
 Walking the book with the "next" button from the front page visits every page in _toc.yml order, and
-"previous" walks back. Screenshots go to _build/screenshots/ (top of each page, the full page, one
+"previous" walks back. The search page finds every chapter. Screenshots go to _build/screenshots/ (top of each page, the full page, one
 dark-mode and one phone-sized view) for people to look at.
 
 Chromium comes from Debian's `chromium` package (`make test` installs it when missing); without it
@@ -273,6 +273,27 @@ def test_next_and_previous_buttons_walk_the_whole_book(browser, server):
         back.append(url)
     assert back == visited[::-1]
     assert not server.failures, f"requests the server could not answer: {server.failures}"
+
+
+def test_search_finds_the_chapters(browser, server):
+    """The built-in search (the sidebar field, Ctrl+K) works offline and finds every chapter's title word."""
+    tab = browser.new_tab(1280, 900)
+    since = tab.mark()
+    tab.goto(server.base + "/search.html?q=normalization")
+    found = tab.evaluate(r"""
+      (async () => {
+        for (let i = 0; i < 100; i++) {
+          const items = [...document.querySelectorAll('#search-results li a')].map(a => new URL(a.href).pathname);
+          const done = document.querySelector('#search-results .search-summary, #search-results p');
+          if (items.length && done && !/Searching/i.test(done.textContent)) return items;
+          await new Promise(r => setTimeout(r, 100));
+        }
+        return [...document.querySelectorAll('#search-results li a')].map(a => new URL(a.href).pathname);
+      })()""", await_promise=True, timeout=30)
+    assert not tab.console_errors(since), tab.console_errors(since)
+    missing = [p.docname for p in chapter_pages() if p.url_path not in found]
+    assert found and not missing, f"searching 'normalization' finds {found}, not {missing}"
+    tab.screenshot(SCREENSHOTS / "search.png")
 
 
 def test_screenshots_for_people_to_look_at(browser, server, visit):

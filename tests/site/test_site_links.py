@@ -178,7 +178,7 @@ class _Outline(HTMLParser):
             self.figures.append({"id": attrs.get("id", ""), "caption": ""})
         elif tag == "figcaption" or (tag == "p" and "caption" in classes):
             self._in_caption = True
-        if ("dropdown" in classes or "toggle" in classes or "sd-dropdown" in classes) and self.headings:
+        if (("dropdown" in classes and "admonition" in classes) or "sd-dropdown" in classes) and self.headings:
             self.headings[-1][2] += 1
 
     def handle_endtag(self, tag):
