@@ -14,7 +14,7 @@ find_browser() {
 
 packages=()
 find_browser >/dev/null || packages+=(chromium)
-if command -v fc-list >/dev/null 2>&1 && [ -z "$(fc-list :lang=zh family 2>/dev/null)" ]; then
+if ! command -v fc-list >/dev/null 2>&1 || [ -z "$(fc-list :lang=zh family 2>/dev/null)" ]; then
   packages+=(fonts-wqy-microhei)
 fi
 
