@@ -284,8 +284,8 @@ def test_search_finds_the_chapters(browser, server):
       (async () => {
         for (let i = 0; i < 100; i++) {
           const items = [...document.querySelectorAll('#search-results li a')].map(a => new URL(a.href).pathname);
-          const done = document.querySelector('#search-results .search-summary, #search-results p');
-          if (items.length && done && !/Searching/i.test(done.textContent)) return items;
+          const summary = document.querySelector('#search-results .search-summary');
+          if (summary && /finished|did not match/i.test(summary.textContent)) return items;
           await new Promise(r => setTimeout(r, 100));
         }
         return [...document.querySelectorAll('#search-results li a')].map(a => new URL(a.href).pathname);
