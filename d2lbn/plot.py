@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib import pyplot as plt
 from mxnet import nd
 
-__all__ = ["set_figsize", "show_images"]
+__all__ = ["set_figsize", "show_images", "TrainingPlot", "plot_curves"]
 
 
 def set_figsize(figsize: Tuple[float, float] = (5.0, 3.5)) -> None:
@@ -43,3 +43,65 @@ def show_images(images, num_rows: int, num_cols: int, titles: Optional[Sequence[
             if titles is not None:
                 ax.set_title(titles[i], fontsize=9)
     return axes
+
+
+class TrainingPlot:
+    """A figure of training loss, training accuracy and test accuracy against epochs, filled in
+    during training (``add_train`` per batch, ``add_test`` per epoch). ``fig`` is the matplotlib figure.
+    """
+
+    def __init__(self, num_epochs: int, figsize: Tuple[float, float] = (5.0, 3.2)):
+        self.fig, self.ax = plt.subplots(figsize=figsize)
+        self.train_x: list = []
+        self.train_loss: list = []
+        self.train_acc: list = []
+        self.test_x: list = []
+        self.test_acc: list = []
+        self.ax.set_xlabel("epoch")
+        self.ax.set_xlim(0, num_epochs)
+        self.ax.grid(True, alpha=0.3)
+        (self._loss_line,) = self.ax.plot([], [], "-", color="tab:blue", label="train loss")
+        (self._train_line,) = self.ax.plot([], [], "--", color="tab:purple", label="train acc")
+        (self._test_line,) = self.ax.plot([], [], "o-", color="tab:green", label="test acc")
+        self.ax.legend(loc="center right")
+
+    def _rescale(self) -> None:
+        top = max([1.0] + self.train_loss)
+        self.ax.set_ylim(0, min(top * 1.05, 3.0))
+
+    def add_train(self, epoch_fraction: float, loss: float, acc: float) -> None:
+        """Add the running training loss and accuracy at ``epoch_fraction`` (e.g. 2.5 = mid epoch 3)."""
+        self.train_x.append(epoch_fraction)
+        self.train_loss.append(loss)
+        self.train_acc.append(acc)
+        self._loss_line.set_data(self.train_x, self.train_loss)
+        self._train_line.set_data(self.train_x, self.train_acc)
+        self._rescale()
+
+    def add_test(self, epoch: float, acc: float) -> None:
+        """Add the test accuracy measured at the end of ``epoch``."""
+        self.test_x.append(epoch)
+        self.test_acc.append(acc)
+        self._test_line.set_data(self.test_x, self.test_acc)
+
+
+def plot_curves(curves, ylabel: str, xlabel: str = "epoch", ax=None, ylim=None, markers: bool = True):
+    """Plot several named curves on one axis and return it.
+
+    curves: ``{label: values}`` with values indexed by epoch 1, 2, ... (for example
+    ``{'with batch norm': history.test_acc, ...}``).
+    """
+    if not curves:
+        raise ValueError("curves must name at least one curve")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.0, 3.2))
+    for label, values in curves.items():
+        values = list(values)
+        ax.plot(range(1, len(values) + 1), values, "o-" if markers else "-", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return ax

@@ -1,0 +1,339 @@
+"""Training and evaluation on one device (a GPU when there is one, the CPU otherwise).
+
+Every batch is moved to ``ctx`` before use and the net is initialised on ``ctx``, so the same code
+runs on ``mx.cpu()``, ``mx.gpu(0)`` or ``mx.cpu(1)`` (the tests use the last to catch any array left
+on the default context).
+
+Shapes: batches are ``(X, y)`` with ``X: (N, 1, 28, 28)`` float32 and ``y: (N,)`` integer labels;
+the net maps ``X`` to scores ``(N, 10)``.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field, asdict
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+from mxnet.lr_scheduler import CosineScheduler
+
+from .repro import set_seed
+
+__all__ = ["Settings", "quick_mode", "lenet_settings", "History", "NonFiniteLossError", "accuracy_count", "evaluate_accuracy", "train",
+           "subset", "fashion_mnist_iters", "in_notebook"]
+
+Batches = Iterable[Tuple[nd.NDArray, nd.NDArray]]
+
+#: Accepted values of ``train``'s ``lr_schedule``.
+LR_SCHEDULES = (None, "cosine")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; ``history`` holds the epochs completed before it."""
+
+    def __init__(self, message: str, history: "History"):
+        super().__init__(message)
+        self.history = history
+
+
+@dataclass
+class History:
+    """Per-epoch results of :func:`train` (lists of length ``num_epochs``).
+
+    ``loss``: mean training loss over the epoch's examples; ``train_acc``: training accuracy measured
+    on the fly (training mode, while the weights change); ``test_acc``: accuracy on the test set at
+    the end of the epoch (inference mode); ``seconds``: wall time of the epoch including evaluation;
+    ``examples_per_sec``: training throughput (training examples / training time).
+    """
+    device: str = ""
+    loss: List[float] = field(default_factory=list)
+    train_acc: List[float] = field(default_factory=list)
+    test_acc: List[float] = field(default_factory=list)
+    seconds: List[float] = field(default_factory=list)
+    examples_per_sec: List[float] = field(default_factory=list)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.loss)
+
+    def as_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """The history as a plain-text table, one row per epoch."""
+        rows = [f"{'epoch':>5} {'loss':>7} {'train acc':>9} {'test acc':>8} {'seconds':>8} {'examples/s':>10}"]
+        for e in range(self.epochs):
+            rows.append(f"{e + 1:>5} {self.loss[e]:>7.4f} {self.train_acc[e]:>9.4f} {self.test_acc[e]:>8.4f} "
+                        f"{self.seconds[e]:>8.1f} {self.examples_per_sec[e]:>10.0f}")
+        return "\n".join(rows)
+
+
+def accuracy_count(scores: nd.NDArray, y: nd.NDArray) -> int:
+    """Number of rows of ``scores: (N, num_classes)`` whose arg-max equals the label ``y: (N,)``."""
+    if scores.ndim != 2 or y.shape != (scores.shape[0],):
+        raise ValueError(f"scores must be (N, num_classes) and y (N,); got {scores.shape} and {y.shape}")
+    return int((scores.argmax(axis=1) == y.astype(scores.dtype)).sum().asscalar())
+
+
+def evaluate_accuracy(net: gluon.Block, data_iter: Batches, ctx: mx.Context) -> float:
+    """Fraction of examples of ``data_iter`` that ``net`` classifies correctly, in inference mode.
+
+    Each batch ``(X, y)`` is moved to ``ctx``; the net's parameters must live there too.
+    """
+    correct, total = 0, 0
+    for X, y in data_iter:
+        X, y = X.as_in_context(ctx), y.as_in_context(ctx)
+        correct += accuracy_count(net(X), y)
+        total += X.shape[0]
+    if total == 0:
+        raise ValueError("data_iter yielded no examples")
+    return correct / total
+
+
+# ---- where we are running: notebook or terminal -----------------------------------------------------
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where plots and progress bars are displayed in place)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class _TextReport:
+    """Terminal output: a tqdm bar per epoch on stderr and one printed line per epoch."""
+
+    def __init__(self, progress: bool, log: Callable[[str], None]):
+        self.progress, self.log, self.bar = progress, log, None
+
+    def start_epoch(self, desc: str, total: Optional[int]) -> None:
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, desc=desc, unit="batch", leave=False, disable=not self.progress)
+
+    def batch(self, fraction: float, loss: float, acc: float) -> None:
+        self.bar.update(1)
+
+    def end_epoch(self, epoch: int, line: str, test_acc: float) -> None:
+        self.bar.close()
+        self.log(line)
+
+    def message(self, line: str) -> None:
+        self.log(line)
+
+    def finish(self) -> None:
+        pass
+
+
+class _NotebookReport:
+    """Notebook output, redrawn in place: the live plot, the epoch lines and the current tqdm bar.
+
+    Each redraw clears the cell's output and shows the figure and the text again, so when training
+    ends the cell holds one static figure and the epoch lines: that is what the rendered book shows.
+    """
+
+    def __init__(self, num_epochs: int, progress: bool, refresh_seconds: float):
+        from .plot import TrainingPlot
+        self.plot = TrainingPlot(num_epochs)
+        self.progress, self.refresh_seconds = progress, refresh_seconds
+        self.lines: List[str] = []
+        self.bar = None
+        self.last_draw = 0.0
+
+    def _draw(self) -> None:
+        from IPython import display
+        display.clear_output(wait=True)
+        display.display(self.plot.fig)
+        text = list(self.lines)
+        if self.bar is not None and self.progress:
+            text.append(str(self.bar))
+        print("\n".join(text), flush=True)
+        self.last_draw = time.perf_counter()
+
+    def start_epoch(self, desc: str, total: Optional[int]) -> None:
+        from tqdm import tqdm
+        import io
+        # tqdm keeps the count, rate and time left; we print its meter ourselves on each redraw
+        self.bar = tqdm(total=total, desc=desc, unit="batch", file=io.StringIO(), mininterval=0)
+
+    def batch(self, fraction: float, loss: float, acc: float) -> None:
+        self.bar.update(1)
+        self.plot.add_train(fraction, loss, acc)
+        if time.perf_counter() - self.last_draw >= self.refresh_seconds:
+            self._draw()
+
+    def end_epoch(self, epoch: int, line: str, test_acc: float) -> None:
+        self.bar.close()
+        self.bar = None
+        self.plot.add_test(epoch, test_acc)
+        self.lines.append(line)
+        self._draw()
+
+    def message(self, line: str) -> None:
+        self.lines.append(line)
+
+    def finish(self) -> None:
+        from matplotlib import pyplot as plt
+        plt.close(self.plot.fig)   # already displayed; closing keeps the inline backend from repeating it
+
+
+# ---- the training loop --------------------------------------------------------------------------------
+
+def _num_batches(data_iter: Batches) -> Optional[int]:
+    try:
+        return len(data_iter)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs: int, lr: float,
+          ctx: mx.Context, *, seed: Optional[int] = 0, init: Optional[mx.init.Initializer] = None,
+          optimizer: str = "sgd", lr_schedule: Optional[str] = None,
+          loss: Optional[gluon.loss.Loss] = None,
+          progress: bool = True, plot: Optional[bool] = None, refresh_seconds: float = 3.0,
+          log: Callable[[str], None] = print) -> History:
+    """Train ``net`` with mini-batch ``optimizer`` (SGD) and softmax cross-entropy on ``ctx``.
+
+    ``lr_schedule``: ``None`` keeps ``lr`` fixed; ``'cosine'`` lowers it along a half cosine from ``lr``
+    at the first step to 0 at the last (per batch).
+    The net is (re)initialised on ``ctx`` with ``init`` (default Xavier) after seeding every random
+    generator with ``seed`` (``None``: no seeding, no re-initialisation if already initialised).
+    Each training batch ``(X, y)`` is moved to ``ctx``; the test accuracy is measured after every epoch.
+    In a notebook (``plot=None`` detects it) the loss and accuracies are plotted live and the final
+    figure stays in the cell; elsewhere a tqdm bar runs per epoch and one line per epoch is logged.
+
+    Returns a :class:`History`. Raises :class:`NonFiniteLossError` naming the epoch and batch as soon
+    as a batch's loss is NaN or infinite.
+    """
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs <= 0:
+        raise ValueError(f"num_epochs must be a positive int; got {num_epochs!r}")
+    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {lr_schedule!r}")
+    if not isinstance(ctx, mx.Context):
+        raise TypeError(f"ctx must be an mxnet Context such as mx.cpu() or mx.gpu(0); got {ctx!r}")
+    if seed is not None:
+        set_seed(seed)
+        net.initialize(init or mx.init.Xavier(), ctx=ctx, force_reinit=True)
+    else:
+        net.initialize(init or mx.init.Xavier(), ctx=ctx)   # no-op (with a warning) if initialised
+    loss_fn = loss or gluon.loss.SoftmaxCrossEntropyLoss()
+    num_batches = _num_batches(train_iter)
+    optimizer_params = {"learning_rate": lr}
+    if lr_schedule == "cosine":
+        if not num_batches:
+            raise ValueError("lr_schedule='cosine' needs a train_iter with a length")
+        optimizer_params["lr_scheduler"] = CosineScheduler(
+            max_update=num_epochs * num_batches, base_lr=lr, final_lr=0.0)
+    trainer = gluon.Trainer(net.collect_params(), optimizer, optimizer_params)
+    report = (_NotebookReport(num_epochs, progress, refresh_seconds) if (in_notebook() if plot is None else plot)
+              else _TextReport(progress, log))
+    history = History(device=str(ctx))
+    report.message(f"training on {ctx}: {num_epochs} epochs, lr {lr:g}"
+                   f"{' (cosine schedule)' if lr_schedule == 'cosine' else ''}, "
+                   f"{num_batches if num_batches is not None else '?'} batches per epoch")
+    try:
+        for epoch in range(1, num_epochs + 1):
+            start = time.perf_counter()
+            report.start_epoch(f"epoch {epoch}/{num_epochs}", num_batches)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for i, (X, y) in enumerate(train_iter, start=1):
+                X, y = X.as_in_context(ctx), y.as_in_context(ctx)
+                with autograd.record():
+                    scores = net(X)
+                    l = loss_fn(scores, y)
+                l.backward()
+                batch_loss = float(l.sum().asscalar())
+                if not math.isfinite(batch_loss):
+                    raise NonFiniteLossError(
+                        f"training loss became {batch_loss} at epoch {epoch} of {num_epochs}, batch {i}"
+                        f"{f' of {num_batches}' if num_batches else ''} (lr={lr:g}); the weights have "
+                        f"diverged: lower the learning rate or check the input data for NaN/inf", history)
+                trainer.step(X.shape[0])
+                loss_sum += batch_loss
+                correct += accuracy_count(scores, y)
+                seen += X.shape[0]
+                fraction = epoch - 1 + (i / num_batches if num_batches else 1.0)
+                report.batch(fraction, loss_sum / seen, correct / seen)
+            if seen == 0:
+                raise ValueError("train_iter yielded no examples")
+            train_seconds = time.perf_counter() - start
+            test_acc = evaluate_accuracy(net, test_iter, ctx)
+            seconds = time.perf_counter() - start
+            history.loss.append(loss_sum / seen)
+            history.train_acc.append(correct / seen)
+            history.test_acc.append(test_acc)
+            history.seconds.append(seconds)
+            history.examples_per_sec.append(seen / train_seconds)
+            report.end_epoch(epoch, f"epoch {epoch}/{num_epochs}: loss {loss_sum / seen:.4f}, "
+                                    f"train acc {correct / seen:.4f}, test acc {test_acc:.4f}, "
+                                    f"{seconds:.1f} s ({seen / train_seconds:.0f} examples/s on {ctx})",
+                             test_acc)
+    finally:
+        report.finish()
+    return history
+
+
+# ---- the experiment's settings: full, or quick (D2LBN_QUICK=1) -------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """The LeNet chapters' experiment: what to train for how long, and the accuracy it must reach."""
+    quick: bool
+    num_epochs: int
+    lr: float
+    lr_schedule: Optional[str]
+    batch_size: int
+    train_limit: Optional[int]      # None: all 60,000 training images
+    test_limit: Optional[int]       # None: all 10,000 test images
+    min_test_acc: float             # the notebooks assert the final test accuracy reaches this
+
+
+def quick_mode() -> bool:
+    """True when the environment variable ``D2LBN_QUICK`` is set to anything but ``''`` or ``'0'``."""
+    return os.environ.get("D2LBN_QUICK", "") not in ("", "0")
+
+
+def lenet_settings(quick: Optional[bool] = None) -> Settings:
+    """Settings of the LeNet chapters. ``quick=None`` reads ``D2LBN_QUICK`` (:func:`quick_mode`).
+
+    Full: 10 epochs on all of Fashion-MNIST, target 0.90 test accuracy. Quick (``make test``): the
+    same code and learning rate for 2 epochs on the first 10,000 training and 2,000 test images;
+    its floor of 0.75 is far above chance (0.10), so broken training still fails.
+    """
+    if quick is None:
+        quick = quick_mode()
+    common = dict(lr=0.1, lr_schedule="cosine", batch_size=128)
+    if quick:
+        return Settings(quick=True, num_epochs=2, train_limit=10_000, test_limit=2_000,
+                        min_test_acc=0.75, **common)
+    return Settings(quick=False, num_epochs=10, train_limit=None, test_limit=None,
+                    min_test_acc=0.90, **common)
+
+
+# ---- data --------------------------------------------------------------------------------------------
+
+def subset(loader: gluon.data.DataLoader, n: Optional[int], shuffle: bool) -> gluon.data.DataLoader:
+    """A ``DataLoader`` over the first ``n`` examples of ``loader``'s data set (all if ``n`` is None)."""
+    if n is None:
+        return loader
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"the subset size must be a positive int; got {n!r}")
+    dataset = loader._dataset
+    batch_size = loader._batch_sampler._batch_size
+    return gluon.data.DataLoader(dataset.take(min(n, len(dataset))), batch_size, shuffle=shuffle)
+
+
+def fashion_mnist_iters(batch_size: int, train_limit: Optional[int] = None,
+                        test_limit: Optional[int] = None, root=None
+                        ) -> Tuple[gluon.data.DataLoader, gluon.data.DataLoader]:
+    """Fashion-MNIST loaders (``d2lbn.data.load_fashion_mnist``), optionally cut to the first
+    ``train_limit`` training and ``test_limit`` test examples (for quick runs and tests)."""
+    from .data import load_fashion_mnist
+    train_iter, test_iter = load_fashion_mnist(batch_size, root=root)
+    return subset(train_iter, train_limit, shuffle=True), subset(test_iter, test_limit, shuffle=False)

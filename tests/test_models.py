@@ -1,0 +1,78 @@
+"""The LeNet variants: layer order, parameter shapes (written out by hand from LeNet's arithmetic), the
+registry, and agreement of the from-scratch and built-in batch-norm nets given the same weights."""
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+from d2lbn import models, norm
+
+# 28 -conv5-> 24 -pool2-> 12 -conv5-> 8 -pool2-> 4, so the first dense layer sees 16*4*4 = 256 inputs.
+PLAIN_SHAPES = [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 256), (120,), (84, 120), (84,), (10, 84), (10,)]
+BN_SHAPES = [(6, 1, 5, 5), (6,)] + [(6,)] * 4 + [(16, 6, 5, 5), (16,)] + [(16,)] * 4 + \
+            [(120, 256), (120,)] + [(120,)] * 4 + [(84, 120), (84,)] + [(84,)] * 4 + [(10, 84), (10,)]
+
+
+def initialised(name, **kwargs):
+    net = models.get_model(name, **kwargs)
+    net.initialize(mx.init.Xavier())
+    net(nd.zeros((2, 1, 28, 28)))          # resolve deferred shapes
+    return net
+
+
+@pytest.mark.parametrize("name, shapes", [("lenet", PLAIN_SHAPES), ("lenet-bn", BN_SHAPES),
+                                          ("lenet-bn-gluon", BN_SHAPES)])
+def test_parameter_shapes(name, shapes):
+    net = initialised(name)
+    assert [p.shape for p in net.collect_params().values()] == shapes
+    assert net(nd.zeros((3, 1, 28, 28))).shape == (3, 10)
+
+
+def test_layer_order_bn_before_activation():
+    kinds = [type(layer).__name__ for layer in models.get_model("lenet-bn")]
+    assert kinds == ["Conv2D", "BatchNorm", "Activation", "MaxPool2D",
+                     "Conv2D", "BatchNorm", "Activation", "MaxPool2D",
+                     "Dense", "BatchNorm", "Activation", "Dense", "BatchNorm", "Activation", "Dense"]
+    plain = [type(layer).__name__ for layer in models.get_model("lenet")]
+    assert plain == [k for k in kinds if k != "BatchNorm"]
+
+
+def test_which_batch_norm():
+    scratch = models.batch_norm_layers(models.get_model("lenet-bn"))
+    builtin = models.batch_norm_layers(models.get_model("lenet-bn-gluon"))
+    assert len(scratch) == 4 and all(isinstance(b, norm.BatchNorm) for b in scratch)
+    assert [(b.num_features, b.num_dims) for b in scratch] == [(6, 4), (16, 4), (120, 2), (84, 2)]
+    assert len(builtin) == 4 and all(isinstance(b, gluon.nn.BatchNorm) for b in builtin)
+    assert models.batch_norm_layers(models.get_model("lenet")) == []
+    assert isinstance(models.get_model("lenet-bn-gluon"), gluon.HybridBlock)
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match=r"unknown model 'lenet-nb'; choose one of 'lenet', 'lenet-bn'"):
+        models.get_model("lenet-nb")
+
+
+def test_unknown_activation():
+    with pytest.raises(ValueError, match=r"activation must be one of 'relu', 'sigmoid', 'tanh'; got 'gelu'"):
+        models.get_model("lenet", activation="gelu")
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_scratch_equals_builtin_with_same_weights(activation):
+    """The from-scratch net and the Gluon net, given identical weights, agree in both modes, and their
+    moving statistics agree after a training step (Gluon updates them in backward)."""
+    mx.random.seed(3)
+    ours, theirs = initialised("lenet-bn", activation=activation), initialised("lenet-bn-gluon", activation=activation)
+    for p, q in zip(ours.collect_params().values(), theirs.collect_params().values()):
+        q.set_data(p.data())
+    X = nd.random.normal(0.5, 1.0, shape=(16, 1, 28, 28))
+    for net in (ours, theirs):
+        with autograd.record():
+            out = net(X)
+        out.backward()
+        net.out_train = out.asnumpy()
+        net.out_infer = net(X).asnumpy()
+    np.testing.assert_allclose(ours.out_train, theirs.out_train, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.out_infer, theirs.out_infer, rtol=1e-4, atol=1e-5)
+    for p, q in zip(ours.collect_params().values(), theirs.collect_params().values()):
+        np.testing.assert_allclose(p.data().asnumpy(), q.data().asnumpy(), rtol=1e-4, atol=1e-6)
