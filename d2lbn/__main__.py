@@ -1,4 +1,4 @@
-"""Command line: ``python -m d2lbn train --model lenet-bn --epochs 10 --lr 0.1 --batch-size 256``.
+"""Command line: ``python -m d2lbn train --model lenet-bn --epochs 10 --lr 0.05 --batch-size 128``.
 
 Runs the LeNet chapters' experiment outside a notebook: a tqdm bar and one line per epoch while it
 trains, then the history as a table (and, with ``--json FILE``, as JSON).
@@ -14,11 +14,14 @@ import mxnet as mx
 
 from .device import try_gpu
 from .models import ACTIVATIONS, get_model, model_names
+from .train import lenet_settings
 
 __all__ = ["main", "parse_device", "build_parser"]
 
-#: The defaults of ``train``: the settings of the LeNet chapters' full runs.
-DEFAULTS = {"model": "lenet-bn", "epochs": 10, "lr": 0.1, "batch_size": 256, "seed": 0}
+#: The defaults of ``train`` are the settings of the LeNet chapters' full runs (``lenet_settings``).
+_FULL = lenet_settings(quick=False)
+DEFAULTS = {"model": "lenet-bn", "epochs": _FULL.num_epochs, "lr": _FULL.lr, "momentum": _FULL.momentum,
+            "lr_schedule": _FULL.lr_schedule or "none", "batch_size": _FULL.batch_size, "seed": 0}
 
 
 def parse_device(spec: str) -> mx.Context:
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=DEFAULTS["model"], choices=model_names())
     t.add_argument("--activation", default="relu", choices=ACTIVATIONS)
     t.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"])
-    t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="learning rate of plain SGD")
+    t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="(initial) learning rate of SGD")
+    t.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="SGD momentum, 0 for none")
+    t.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=["none", "cosine"])
     t.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])
     t.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     t.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cpu:N, gpu:N")
@@ -79,6 +84,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
           f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples", flush=True)
     history = train(net, train_iter, test_iter, args.epochs, args.lr, ctx, seed=args.seed,
+                    momentum=args.momentum,
+                    lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
                     progress=not args.no_progress, plot=False,
                     log=lambda line: print(line, flush=True))
     print(history.table())

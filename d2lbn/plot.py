@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import pyplot as plt
+from matplotlib.ticker import MaxNLocator
 from mxnet import nd
 
 __all__ = ["set_figsize", "show_images", "TrainingPlot", "plot_curves"]
@@ -59,6 +60,7 @@ class TrainingPlot:
         self.test_acc: list = []
         self.ax.set_xlabel("epoch")
         self.ax.set_xlim(0, num_epochs)
+        self.ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         self.ax.grid(True, alpha=0.3)
         (self._loss_line,) = self.ax.plot([], [], "-", color="tab:blue", label="train loss")
         (self._train_line,) = self.ax.plot([], [], "--", color="tab:purple", label="train acc")
@@ -100,6 +102,7 @@ def plot_curves(curves, ylabel: str, xlabel: str = "epoch", ax=None, ylim=None, 
         ax.plot(range(1, len(values) + 1), values, "o-" if markers else "-", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(True, alpha=0.3)

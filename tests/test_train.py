@@ -112,13 +112,16 @@ def test_cli_trains_on_the_gpu_when_one_is_found(monkeypatch):
     calls = {}
 
     def fake_train(net, train_iter, test_iter, num_epochs, lr, ctx, **kwargs):
-        calls.update(ctx=ctx, num_epochs=num_epochs, lr=lr)
+        calls.update(ctx=ctx, num_epochs=num_epochs, lr=lr, momentum=kwargs["momentum"],
+                     lr_schedule=kwargs["lr_schedule"])
         return T.History(device=str(ctx))
 
     monkeypatch.setattr(T, "train", fake_train)
     monkeypatch.setattr(T, "fashion_mnist_iters", lambda *a, **k: (fake_loader(8), fake_loader(8)))
     assert cli.main(["train", "--epochs", "3", "--lr", "0.2"]) == 0
-    assert calls == {"ctx": mx.gpu(0), "num_epochs": 3, "lr": 0.2}
+    assert calls == {"ctx": mx.gpu(0), "num_epochs": 3, "lr": 0.2, "momentum": 0.9, "lr_schedule": "cosine"}
+    assert cli.main(["train", "--momentum", "0", "--lr-schedule", "none"]) == 0
+    assert (calls["momentum"], calls["lr_schedule"]) == (0.0, None)
 
 
 def fake_loader(n):
@@ -195,12 +198,14 @@ def test_non_finite_loss_in_a_later_epoch():
     (dict(num_epochs=0), "num_epochs must be a positive int"),
     (dict(lr=-0.1), "lr must be a positive finite number"),
     (dict(lr=float("nan")), "lr must be a positive finite number"),
+    (dict(momentum=1.0), r"momentum must be a number in \[0, 1\); got 1.0"),
 ])
 def test_bad_arguments(kwargs, message):
     args = dict(num_epochs=1, lr=0.1)
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
-        T.train(models.get_model("lenet"), [], [], args["num_epochs"], args["lr"], mx.cpu(), plot=False)
+        T.train(models.get_model("lenet"), [], [], args.pop("num_epochs"), args.pop("lr"), mx.cpu(), plot=False,
+                **args)
 
 
 def test_bad_context_type():
@@ -334,7 +339,8 @@ def test_quick_switch(monkeypatch, value, quick):
     full = T.lenet_settings(quick=False)
     assert (settings.num_epochs, settings.train_limit) == ((2, 10_000) if quick else (10, None))
     # the quick run changes only the amount of training, not the recipe
-    assert (settings.lr, settings.lr_schedule, settings.batch_size) == (full.lr, full.lr_schedule, full.batch_size)
+    assert (settings.lr, settings.momentum, settings.lr_schedule, settings.batch_size) == \
+        (full.lr, full.momentum, full.lr_schedule, full.batch_size)
     assert full.min_test_acc == 0.90 and 0.1 < settings.min_test_acc <= full.min_test_acc
 
 
@@ -351,3 +357,18 @@ def test_training_plot_records_points():
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="curves must name at least one curve"):
         plot_curves({}, ylabel="x")
+
+
+def test_momentum_reaches_the_optimizer():
+    """Same seed, data and lr: with momentum the second step differs from plain SGD's (the first
+    step is the same, momentum has nothing to remember yet)."""
+    batches = fake_batches(64, 32)
+    weights = {}
+    for momentum in (0.0, 0.9):
+        for n in (1, 2):
+            net = gluon.nn.Dense(10)
+            T.train(net, batches[:n], batches, 1, 0.1, mx.cpu(), momentum=momentum, progress=False,
+                    plot=False, log=lambda s: None)
+            weights[momentum, n] = net.weight.data().asnumpy()
+    np.testing.assert_allclose(weights[0.0, 1], weights[0.9, 1], rtol=1e-6)
+    assert not np.allclose(weights[0.0, 2], weights[0.9, 2], rtol=1e-4)
