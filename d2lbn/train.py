@@ -303,6 +303,7 @@ class Settings:
     train_limit: Optional[int]      # None: all 60,000 training images
     test_limit: Optional[int]       # None: all 10,000 test images
     min_test_acc: float             # the notebooks assert the final test accuracy reaches this
+    acc_tolerance: float            # ... and that two implementations of one net end this close
 
 
 def quick_mode() -> bool:
@@ -316,16 +317,18 @@ def lenet_settings(quick: Optional[bool] = None) -> Settings:
     Both: mini-batches of 128, SGD with momentum 0.9, learning rate 0.05 lowered to 0 along a half
     cosine. Full: 10 epochs on all of Fashion-MNIST, target 0.90 test accuracy. Quick (``make test``):
     the same recipe for 2 epochs on the first 10,000 training and 2,000 test images; its floor of
-    0.75 is far above chance (0.10), so broken training still fails.
+    0.75 is far above chance (0.10), so broken training still fails. Two implementations of the same
+    net (from-scratch and Gluon batch norm) must end within 0.01 test accuracy in the full run; after
+    the quick run, on 2,000 test images (one image is 0.0005), within 0.03.
     """
     if quick is None:
         quick = quick_mode()
     common = dict(lr=0.05, momentum=0.9, lr_schedule="cosine", batch_size=128)
     if quick:
         return Settings(quick=True, num_epochs=2, train_limit=10_000, test_limit=2_000,
-                        min_test_acc=0.75, **common)
+                        min_test_acc=0.75, acc_tolerance=0.03, **common)
     return Settings(quick=False, num_epochs=10, train_limit=None, test_limit=None,
-                    min_test_acc=0.90, **common)
+                    min_test_acc=0.90, acc_tolerance=0.01, **common)
 
 
 # ---- data --------------------------------------------------------------------------------------------

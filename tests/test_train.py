@@ -342,6 +342,7 @@ def test_quick_switch(monkeypatch, value, quick):
     assert (settings.lr, settings.momentum, settings.lr_schedule, settings.batch_size) == \
         (full.lr, full.momentum, full.lr_schedule, full.batch_size)
     assert full.min_test_acc == 0.90 and 0.1 < settings.min_test_acc <= full.min_test_acc
+    assert full.acc_tolerance == 0.01 and full.acc_tolerance <= settings.acc_tolerance <= 0.05
 
 
 def test_training_plot_records_points():
