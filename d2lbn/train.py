@@ -22,7 +22,8 @@ from mxnet.lr_scheduler import CosineScheduler
 
 from .repro import set_seed
 
-__all__ = ["Settings", "quick_mode", "lenet_settings", "History", "NonFiniteLossError", "accuracy_count", "evaluate_accuracy", "train",
+__all__ = ["Settings", "quick_mode", "lenet_settings", "History", "make_trainer", "NonFiniteLossError",
+           "accuracy_count", "evaluate_accuracy", "train",
            "subset", "fashion_mnist_iters", "in_notebook"]
 
 Batches = Iterable[Tuple[nd.NDArray, nd.NDArray]]
@@ -58,6 +59,22 @@ class History:
     @property
     def epochs(self) -> int:
         return len(self.loss)
+
+    def append(self, loss: float, train_acc: float, test_acc: float, seconds: float,
+               examples_per_sec: float) -> None:
+        """Record one epoch."""
+        self.loss.append(loss)
+        self.train_acc.append(train_acc)
+        self.test_acc.append(test_acc)
+        self.seconds.append(seconds)
+        self.examples_per_sec.append(examples_per_sec)
+
+    def line(self, epoch: int) -> str:
+        """One line for epoch ``epoch`` (1-based), as printed during training."""
+        e = epoch - 1
+        return (f"epoch {epoch}: loss {self.loss[e]:.4f}, train acc {self.train_acc[e]:.4f}, "
+                f"test acc {self.test_acc[e]:.4f}, {self.seconds[e]:.1f} s, "
+                f"{self.examples_per_sec[e]:.0f} examples/s")
 
     def as_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -194,29 +211,24 @@ def _num_batches(data_iter: Batches) -> Optional[int]:
         return None
 
 
-def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs: int, lr: float,
-          ctx: mx.Context, *, seed: Optional[int] = 0, init: Optional[mx.init.Initializer] = None,
-          optimizer: str = "sgd", momentum: float = 0.0, lr_schedule: Optional[str] = None,
-          loss: Optional[gluon.loss.Loss] = None,
-          progress: bool = True, plot: Optional[bool] = None, refresh_seconds: float = 3.0,
-          log: Callable[[str], None] = print) -> History:
-    """Train ``net`` with mini-batch ``optimizer`` (SGD, with ``momentum`` if > 0) and softmax
-    cross-entropy on ``ctx``.
+def make_trainer(net: gluon.Block, lr: float, momentum: float = 0.0, lr_schedule: Optional[str] = None,
+                 num_steps: Optional[int] = None, optimizer: str = "sgd") -> gluon.Trainer:
+    """A ``gluon.Trainer`` for ``net``: ``optimizer`` with learning rate ``lr`` and ``momentum`` (if > 0);
+    ``lr_schedule='cosine'`` lowers the rate along a half cosine from ``lr`` to 0 over ``num_steps``."""
+    params = {"learning_rate": lr}
+    if momentum:
+        params["momentum"] = momentum
+    if lr_schedule == "cosine":
+        if not num_steps:
+            raise ValueError("lr_schedule='cosine' needs the number of steps (a train_iter with a length)")
+        params["lr_scheduler"] = CosineScheduler(max_update=num_steps, base_lr=lr, final_lr=0.0)
+    return gluon.Trainer(net.collect_params(), optimizer, params)
 
-    ``lr_schedule``: ``None`` keeps ``lr`` fixed; ``'cosine'`` lowers it along a half cosine from ``lr``
-    at the first step to 0 at the last (per batch).
-    The net is (re)initialised on ``ctx`` with ``init`` (default Xavier) after seeding every random
-    generator with ``seed`` (``None``: no seeding, no re-initialisation if already initialised).
-    Each training batch ``(X, y)`` is moved to ``ctx``; the test accuracy is measured after every epoch.
-    In a notebook (``plot=None`` detects it) the loss and accuracies are plotted live and the final
-    figure stays in the cell; elsewhere a tqdm bar runs per epoch and one line per epoch is logged.
 
-    Returns a :class:`History`. Raises :class:`NonFiniteLossError` naming the epoch and batch as soon
-    as a batch's loss is NaN or infinite.
-    """
+def _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx) -> None:
     if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs <= 0:
         raise ValueError(f"num_epochs must be a positive int; got {num_epochs!r}")
-    if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive finite number; got {lr!r}")
     if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
         raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}")
@@ -224,29 +236,49 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {lr_schedule!r}")
     if not isinstance(ctx, mx.Context):
         raise TypeError(f"ctx must be an mxnet Context such as mx.cpu() or mx.gpu(0); got {ctx!r}")
+
+
+def _diverged(loss: float, epoch: int, num_epochs: int, i: int, num_batches: Optional[int],
+              lr: float) -> str:
+    of = f" of {num_batches}" if num_batches else ""
+    return (f"training loss became {loss} at epoch {epoch} of {num_epochs}, batch {i}{of} "
+            f"(lr={lr:g}); the weights have diverged: lower the learning rate or check the "
+            f"input data for NaN/inf")
+
+
+def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs: int, lr: float,
+          ctx: mx.Context, *, seed: Optional[int] = 0, init: Optional[mx.init.Initializer] = None,
+          optimizer: str = "sgd", momentum: float = 0.0, lr_schedule: Optional[str] = None,
+          loss: Optional[gluon.loss.Loss] = None, progress: bool = True,
+          plot: Optional[bool] = None, refresh_seconds: float = 3.0,
+          log: Callable[[str], None] = print) -> History:
+    """Train ``net`` on ``ctx`` with softmax cross-entropy and mini-batch ``optimizer`` (SGD, with
+    ``momentum`` if > 0; ``lr_schedule='cosine'`` lowers ``lr`` to 0 over the run, see
+    :func:`make_trainer`).
+
+    After seeding every random generator with ``seed``, the net is (re)initialised on ``ctx`` with
+    ``init`` (default Xavier); ``seed=None`` seeds nothing and keeps existing weights. Each batch
+    ``(X, y)`` is moved to ``ctx``; test accuracy is measured after every epoch. In a notebook
+    (``plot=None`` detects it) loss and accuracies are plotted live and the final figure stays in
+    the cell; elsewhere a tqdm bar runs per epoch and one line per epoch goes to ``log``.
+
+    Returns a :class:`History`. Raises :class:`NonFiniteLossError`, naming the epoch and batch, as
+    soon as a batch's loss is NaN or infinite (before that batch's update).
+    """
+    _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx)
     if seed is not None:
         set_seed(seed)
-        net.initialize(init or mx.init.Xavier(), ctx=ctx, force_reinit=True)
-    else:
-        net.initialize(init or mx.init.Xavier(), ctx=ctx)   # no-op (with a warning) if initialised
-    loss_fn = loss or gluon.loss.SoftmaxCrossEntropyLoss()
+    net.initialize(init or mx.init.Xavier(), ctx=ctx, force_reinit=seed is not None)
     num_batches = _num_batches(train_iter)
-    optimizer_params = {"learning_rate": lr}
-    if momentum:
-        optimizer_params["momentum"] = momentum
-    if lr_schedule == "cosine":
-        if not num_batches:
-            raise ValueError("lr_schedule='cosine' needs a train_iter with a length")
-        optimizer_params["lr_scheduler"] = CosineScheduler(
-            max_update=num_epochs * num_batches, base_lr=lr, final_lr=0.0)
-    trainer = gluon.Trainer(net.collect_params(), optimizer, optimizer_params)
-    report = (_NotebookReport(num_epochs, progress, refresh_seconds) if (in_notebook() if plot is None else plot)
-              else _TextReport(progress, log))
+    trainer = make_trainer(net, lr, momentum, lr_schedule, num_epochs * (num_batches or 0), optimizer)
+    loss_fn = loss or gluon.loss.SoftmaxCrossEntropyLoss()
+    live = in_notebook() if plot is None else plot
+    report = _NotebookReport(num_epochs, progress, refresh_seconds) if live else _TextReport(progress, log)
+    epochs = f"{num_epochs} epoch" + ("s" if num_epochs > 1 else "")
+    report.message(f"training on {ctx}: {epochs} of {num_batches or '?'} batches")
+    report.message(f"{optimizer}, lr {lr:g}" + (" (cosine schedule)" if lr_schedule else "")
+                   + (f", momentum {momentum:g}" if momentum else ""))
     history = History(device=str(ctx))
-    report.message(f"training on {ctx}: {num_epochs} epochs, lr {lr:g}"
-                   f"{f', momentum {momentum:g}' if momentum else ''}"
-                   f"{' (cosine schedule)' if lr_schedule == 'cosine' else ''}, "
-                   f"{num_batches if num_batches is not None else '?'} batches per epoch")
     try:
         for epoch in range(1, num_epochs + 1):
             start = time.perf_counter()
@@ -260,30 +292,21 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
                 l.backward()
                 batch_loss = float(l.sum().asscalar())
                 if not math.isfinite(batch_loss):
-                    raise NonFiniteLossError(
-                        f"training loss became {batch_loss} at epoch {epoch} of {num_epochs}, batch {i}"
-                        f"{f' of {num_batches}' if num_batches else ''} (lr={lr:g}); the weights have "
-                        f"diverged: lower the learning rate or check the input data for NaN/inf", history)
+                    message = _diverged(batch_loss, epoch, num_epochs, i, num_batches, lr)
+                    raise NonFiniteLossError(message, history)
                 trainer.step(X.shape[0])
                 loss_sum += batch_loss
                 correct += accuracy_count(scores, y)
                 seen += X.shape[0]
-                fraction = epoch - 1 + (i / num_batches if num_batches else 1.0)
-                report.batch(fraction, loss_sum / seen, correct / seen)
+                report.batch(epoch - 1 + i / (num_batches or i), loss_sum / seen, correct / seen)
             if seen == 0:
                 raise ValueError("train_iter yielded no examples")
             train_seconds = time.perf_counter() - start
             test_acc = evaluate_accuracy(net, test_iter, ctx)
-            seconds = time.perf_counter() - start
-            history.loss.append(loss_sum / seen)
-            history.train_acc.append(correct / seen)
-            history.test_acc.append(test_acc)
-            history.seconds.append(seconds)
-            history.examples_per_sec.append(seen / train_seconds)
-            report.end_epoch(epoch, f"epoch {epoch}/{num_epochs}: loss {loss_sum / seen:.4f}, "
-                                    f"train acc {correct / seen:.4f}, test acc {test_acc:.4f}, "
-                                    f"{seconds:.1f} s ({seen / train_seconds:.0f} examples/s on {ctx})",
-                             test_acc)
+            history.append(loss_sum / seen, correct / seen, test_acc,
+                           seconds=time.perf_counter() - start,
+                           examples_per_sec=seen / train_seconds)
+            report.end_epoch(epoch, history.line(epoch), test_acc)
     finally:
         report.finish()
     return history

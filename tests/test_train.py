@@ -229,8 +229,10 @@ def test_learns_real_data_and_history_is_consistent(small_real_data):
         assert len(getattr(history, key)) == 2
     assert history.loss[1] < history.loss[0]
     assert history.test_acc[-1] > 0.6          # chance is 0.1
-    assert lines[0].startswith("training on cpu(0): 2 epochs, lr 0.1, 16 batches per epoch")
-    assert lines[2].startswith("epoch 2/2: loss ") and "examples/s on cpu(0)" in lines[2]
+    assert lines[:2] == ["training on cpu(0): 2 epochs of 16 batches", "sgd, lr 0.1"]
+    assert lines[3] == history.line(2)
+    assert lines[3].startswith(f"epoch 2: loss {history.loss[1]:.4f}, train acc {history.train_acc[1]:.4f}, "
+                               f"test acc {history.test_acc[1]:.4f}, ") and lines[3].endswith(" examples/s")
     assert history.table().splitlines()[0].split() == ["epoch", "loss", "train", "acc", "test", "acc",
                                                         "seconds", "examples/s"]
 
@@ -250,7 +252,7 @@ def test_notebook_report_outside_a_notebook(capsys):
     before = plt.get_fignums()
     history = T.train(models.get_model("lenet"), batches, batches, 2, 0.1, mx.cpu(), plot=True, refresh_seconds=0)
     out = capsys.readouterr().out
-    assert "epoch 1/2: loss" in out and "epoch 2/2: loss" in out
+    assert "epoch 1: loss" in out and "epoch 2: loss" in out
     assert plt.get_fignums() == before and history.epochs == 2
 
 
@@ -273,7 +275,8 @@ def test_cli_smoke(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "256 training / 128 test examples" in result.stdout
-    assert "epoch 1/1: loss" in result.stdout and "examples/s on cpu(0)" in result.stdout
+    assert "training on cpu(0): 1 epoch of 4 batches\nsgd, lr 0.1 (cosine schedule), momentum 0.9" in result.stdout
+    assert "epoch 1: loss" in result.stdout and " examples/s" in result.stdout
     saved = json.loads(out_file.read_text())
     assert saved["args"]["model"] == "lenet-bn" and saved["history"]["device"] == "cpu(0)"
     assert len(saved["history"]["test_acc"]) == 1 and 0 <= saved["history"]["test_acc"][0] <= 1
