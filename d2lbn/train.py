@@ -23,7 +23,7 @@ from mxnet.lr_scheduler import CosineScheduler
 from .repro import set_seed
 
 __all__ = ["Settings", "quick_mode", "lenet_settings", "History", "make_trainer", "NonFiniteLossError",
-           "accuracy_count", "evaluate_accuracy", "train",
+           "accuracy_count", "evaluate_accuracy", "train", "comparison_table",
            "subset", "fashion_mnist_iters", "in_notebook"]
 
 Batches = Iterable[Tuple[nd.NDArray, nd.NDArray]]
@@ -108,6 +108,27 @@ def evaluate_accuracy(net: gluon.Block, data_iter: Batches, ctx: mx.Context) -> 
     if total == 0:
         raise ValueError("data_iter yielded no examples")
     return correct / total
+
+
+def comparison_table(histories: Dict[str, "History"]) -> str:
+    """Test accuracy and seconds of several runs side by side, one row per epoch, then the median
+    seconds per epoch of each run. ``histories``: ``{name: History}``."""
+    if not histories:
+        raise ValueError("histories must name at least one run")
+    names = list(histories)
+    epochs = max(h.epochs for h in histories.values())
+    width = max(8, *(len(n) for n in names))
+    rows = [f"{'':>5}  " + "  ".join(f"{n:>{width}}" for n in names)]
+    rows.append(f"{'epoch':>5}  " + "  ".join(f"{'test acc':>{width - 7}} {'s':>6}" for _ in names))
+    for e in range(epochs):
+        cells = []
+        for h in histories.values():
+            cells.append(f"{h.test_acc[e]:>{width - 7}.4f} {h.seconds[e]:>6.1f}" if e < h.epochs
+                         else " " * width)
+        rows.append(f"{e + 1:>5}  " + "  ".join(cells))
+    rows.append("median seconds per epoch: " + ", ".join(
+        f"{n} {float(np.median(h.seconds)):.1f}" for n, h in histories.items()))
+    return "\n".join(rows)
 
 
 # ---- where we are running: notebook or terminal -----------------------------------------------------

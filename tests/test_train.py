@@ -376,3 +376,15 @@ def test_momentum_reaches_the_optimizer():
             weights[momentum, n] = net.weight.data().asnumpy()
     np.testing.assert_allclose(weights[0.0, 1], weights[0.9, 1], rtol=1e-6)
     assert not np.allclose(weights[0.0, 2], weights[0.9, 2], rtol=1e-4)
+
+
+def test_comparison_table():
+    a = T.History(loss=[1, 1], train_acc=[0.5, 0.6], test_acc=[0.7, 0.8125], seconds=[20.0, 24.0],
+                  examples_per_sec=[1, 1])
+    b = T.History(loss=[1], train_acc=[0.5], test_acc=[0.65], seconds=[2.5], examples_per_sec=[1])
+    lines = T.comparison_table({"with batch norm": a, "without": b}).splitlines()
+    assert lines[2].split() == ["1", "0.7000", "20.0", "0.6500", "2.5"]
+    assert lines[3].split() == ["2", "0.8125", "24.0"]          # the shorter run leaves a gap
+    assert lines[-1] == "median seconds per epoch: with batch norm 22.0, without 2.5"
+    with pytest.raises(ValueError, match="histories must name at least one run"):
+        T.comparison_table({})
