@@ -154,7 +154,7 @@ def test_evaluate_accuracy_by_hand():
     X = np.zeros((10, 1, 28, 28), dtype=np.float32)
     X[:, 0, 0, 0] = np.arange(10)
     data = gluon.data.DataLoader(gluon.data.ArrayDataset(nd.array(X), nd.array(labels, dtype="int32")),
-                                 batch_size=4)   # batches of 4, 4, 2: a mean of batch means would give 0.75
+                                 batch_size=4)   # batches of 4, 4, 2: a mean of batch means would give 2/3
     assert T.evaluate_accuracy(FixedScores(scores), data, mx.cpu()) == pytest.approx(0.7)
     assert T.evaluate_accuracy(FixedScores(scores), data, OTHER) == pytest.approx(0.7)
 
