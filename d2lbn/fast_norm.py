@@ -1,0 +1,291 @@
+"""A from-scratch batch norm as fast as MXNet's own: the derived backward, and reductions done fast.
+
+``fast_batch_norm`` has the signature and the results of ``d2lbn.norm.batch_norm``; only the way it
+computes differs. Three changes make it fast (chapter 3 measures each one):
+
+1. **The closed-form backward.** In training mode the forward pass runs inside an
+   ``autograd.Function`` (:class:`BatchNormTrain`), whose ``backward`` evaluates the compact formula of
+   ``d2lbn.backward.closed_form_backward``: two per-channel sums and one pass over the data, instead
+   of autograd walking back through a dozen broadcasts and reductions.
+2. **Per-channel sums as matrix-vector products** (:func:`channel_sum`). ``X.sum(axis=(0, 2, 3))``
+   is a slow strided reduction in MXNet 1.9.1; viewing X: (N, C, H, W) as an (N*C, H*W) matrix and
+   multiplying it by a vector of ones uses the BLAS/oneDNN kernel.
+3. **Per-channel scale and shift in one pass** (:func:`scale_shift`). ``gamma * X + beta`` with
+   (1, C, 1, 1) operands costs two broadcasting passes; the same map is a 1x1 convolution with one
+   group per channel, which oneDNN runs as a single vectorised pass.
+
+Shapes: X: (N, D) or (N, C, H, W); every per-feature vector is (D,) or (C,). float32 on any context.
+"""
+from __future__ import annotations
+
+import atexit
+import ctypes
+import traceback
+from ctypes import CFUNCTYPE, POINTER, c_int, c_void_p, cast
+from typing import Dict, Optional, Tuple
+
+import mxnet as mx
+from mxnet import autograd, nd
+from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_array, check_call)
+
+__all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "moving_average", "fast_batch_norm"]
+
+_NULL, _WRITE, _INPLACE, _ADD = 0, 1, 2, 3          # MXNet's OpReqType values
+
+
+class Function(autograd.Function):
+    """``mx.autograd.Function`` with its gradient write-back fixed (MXNet 1.9.1).
+
+    The stock ``Function.__call__`` copies each gradient returned by ``backward`` into the input's
+    gradient buffer, but (1) it *returns* at the first input whose gradient is not requested
+    (``req == 'null'``), so when X needs no gradient (a batch norm applied directly to data, say)
+    the gradients of gamma and beta are silently never written; and (2) it compares the request
+    with the string ``'add'`` while MXNet passes the integer 3, so ``grad_req='add'`` never
+    accumulates. This subclass is MXNet's ``__call__`` with those two lines corrected. Besides,
+    ``backward`` can call ``self.grad_req(i)`` (``'null'``, ``'write'`` or ``'add'`` for input i) to
+    skip work nobody asked for, and ``self.grad_buffer(i)`` for the array that receives input i's
+    gradient when it is overwritten (None otherwise): computing straight into it (``out=``) and
+    returning it saves a copy.
+
+    Use it exactly like ``mx.autograd.Function``: subclass, define ``forward`` and ``backward``, and
+    call a *new* instance for every evaluation.
+    """
+
+    def __call__(self, *inputs):
+        assert not self._used, "Each Function instance can only be called once; create another."
+        self._used = True
+        prev_recording = autograd.set_recording(False)
+        try:
+            outputs = self.forward(*inputs)
+        finally:
+            autograd.set_recording(prev_recording)
+        if not prev_recording:
+            return outputs
+        ret_outputs = outputs
+        if isinstance(outputs, nd.NDArray):
+            outputs = (outputs,)
+        key = autograd.Function._registry.inc()
+
+        def backward_entry(num_ograds, num_igrads, ptrs, reqs, is_train, _):
+            try:
+                output_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle), writable=False)
+                                for p in ptrs[:num_ograds]]
+                input_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle), writable=True)
+                               for p in ptrs[num_ograds:num_ograds + num_igrads]]
+                req_codes = [reqs[i] for i in range(num_igrads)]
+                self._input_grads, self._req_codes = input_grads, req_codes
+                try:
+                    rets = self.backward(*output_grads)
+                finally:
+                    self._input_grads = self._req_codes = None
+                if isinstance(rets, nd.NDArray) or rets is None:
+                    rets = (rets,)
+                if len(rets) != len(input_grads):
+                    raise ValueError(f"{type(self).__name__}.backward returned {len(rets)} gradients "
+                                     f"for {len(input_grads)} inputs")
+                for igrad, ret, req in zip(input_grads, rets, req_codes):
+                    if req == _NULL or ret is igrad:
+                        continue                    # MXNet 1.9.1: `return True` (drops the rest)
+                    if not isinstance(ret, nd.NDArray):
+                        raise TypeError(f"{type(self).__name__}.backward must return NDArrays, "
+                                        f"got {type(ret).__name__}")
+                    if req == _ADD:                 # MXNet 1.9.1: `req == 'add'` (never true)
+                        igrad[:] += ret
+                    else:
+                        igrad[:] = ret
+            except Exception:  # pylint: disable=broad-except
+                print("Error in Function.backward: %s" % traceback.format_exc())
+                return False
+            return True
+
+        def delete_entry(_):
+            try:
+                del autograd.Function._registry.ref_holder[key]
+            except Exception:  # pylint: disable=broad-except
+                print("Error in Function delete: %s" % traceback.format_exc())
+                return False
+            return True
+
+        callbacks = [autograd.Function._bwd_functype(backward_entry),
+                     autograd.Function._del_functype(delete_entry)]
+        callbacks = [cast(f, CFUNCTYPE(c_int)) for f in callbacks]
+        context = MXCallbackList(c_int(len(callbacks)),
+                                 cast(c_array(CFUNCTYPE(c_int), callbacks), POINTER(CFUNCTYPE(c_int))),
+                                 cast(c_array(c_void_p, [None] * len(callbacks)), POINTER(c_void_p)))
+        autograd.Function._registry.ref_holder[key] = context
+        check_call(_LIB.MXCustomFunctionRecord(c_int(len(inputs)), c_handle_array(inputs),
+                                               c_int(len(outputs)), c_handle_array(outputs),
+                                               ctypes.byref(context)))
+        return ret_outputs
+
+    def grad_req(self, i: int) -> str:
+        """Inside ``backward``: how input ``i``'s gradient is stored, ``'null'``, ``'write'`` or ``'add'``."""
+        code = self._req_codes[i]
+        return "null" if code == _NULL else "add" if code == _ADD else "write"
+
+    def grad_buffer(self, i: int) -> Optional[nd.NDArray]:
+        """Inside ``backward``: the array input ``i``'s gradient is written to, if it is overwritten."""
+        return self._input_grads[i] if self._req_codes[i] in (_WRITE, _INPLACE) else None
+
+
+# A Function's backward runs as a Python callback on MXNet's engine thread. If the interpreter exits
+# while one is still queued (the gradients of the last batch are still being computed), MXNet's own
+# exit hook shuts the engine down and the callback, pushing new operators into a stopped engine,
+# waits forever: the process hangs at exit. Hooks run last-registered-first, so waiting for all
+# pending work here, after `import mxnet` registered its hook, runs the callbacks before shutdown.
+atexit.register(nd.waitall)
+
+
+# Constant vectors, one per (length, value, context, dtype): the right-hand sides of the sums.
+_CONSTANTS: Dict[Tuple[int, float, mx.Context, str], nd.NDArray] = {}
+
+
+def _full(n: int, value: float, ctx: mx.Context, dtype) -> nd.NDArray:
+    """A cached vector of ``n`` copies of ``value`` (never modified, so safe to share)."""
+    key = (n, float(value), ctx, str(dtype))
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) > 512:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = nd.full((n,), value, ctx=ctx, dtype=dtype)
+    return _CONSTANTS[key]
+
+
+def channel_sum(X: nd.NDArray, weight: float = 1.0, out: Optional[nd.NDArray] = None) -> nd.NDArray:
+    """``weight`` times the per-feature (per-channel) sum, as matrix-vector products.
+
+    X: (N, D) -> (D,); X: (N, C, H, W) -> (C,). Same result as ``weight * X.sum(axis=0)`` or
+    ``weight * X.sum(axis=(0, 2, 3))``, many times faster: view X as an (N*C, H*W) matrix and
+    multiply it by ones(H*W) (one row sum per example and channel, over contiguous memory), then
+    sum the (N, C) result over N with a second product, (weight, ..., weight) @ (N, C). With
+    ``weight=1/m`` it is the mean, with ``-1/m`` minus the mean, at no extra cost. The result is
+    written into ``out`` if given.
+    """
+    N, C = X.shape[0], X.shape[1]
+    if X.ndim == 4:
+        HW = X.shape[2] * X.shape[3]
+        ones = _full(HW, 1.0, X.context, X.dtype).reshape((1, HW))
+        X = nd.FullyConnected(X.reshape((N * C, HW)), ones, no_bias=True, num_hidden=1).reshape((N, C))
+    return nd.dot(_full(N, weight, X.context, X.dtype), X, out=out)
+
+
+def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray],
+                shift: Optional[nd.NDArray] = None) -> nd.NDArray:
+    """``scale[c] * X[:, c] + shift[c]`` for every feature/channel c. X: (N, C) or (N, C, H, W).
+
+    scale, shift: (C,) (scale None means 1, shift None means 0). Returns an array shaped like X; differentiable by
+    autograd in all three arguments. For X: (N, C, H, W) the per-channel affine map is a 1x1
+    convolution with C groups of one channel each (a *depthwise* convolution) whose weights are
+    ``scale`` and whose bias is ``shift``: one pass over X, where ``broadcast_mul`` and
+    ``broadcast_add`` with (1, C, 1, 1) operands take two slower ones. For X: (N, C) the broadcasts
+    along rows are cheap, and cheaper than a convolution's set-up, so they are used as they are.
+    """
+    C = X.shape[1]
+    if X.ndim == 2:
+        Y = X if scale is None else nd.broadcast_mul(X, scale.reshape((1, C)))
+        return Y if shift is None else nd.broadcast_add(Y, shift.reshape((1, C)))
+    if scale is None:
+        scale = _full(C, 1.0, X.context, X.dtype)
+    weight = scale.reshape((C, 1, 1, 1))
+    if shift is None:
+        return nd.Convolution(X, weight, kernel=(1, 1), num_filter=C, num_group=C, no_bias=True)
+    return nd.Convolution(X, weight, shift, kernel=(1, 1), num_filter=C, num_group=C)
+
+
+class BatchNormTrain(Function):
+    """Training-mode batch norm with the closed-form backward; inputs X, gamma, beta -> Y.
+
+    ``forward`` normalises with the batch mean and biased variance, in two passes (the mean, then
+    the centred squares, so no digits are lost to E[x^2] - E[x]^2), and leaves them in
+    ``self.mean`` and ``self.var`` for the moving averages. ``backward`` evaluates, with m values
+    per channel, x_hat = (x - mean) / sqrt(var + eps) and k = gamma / sqrt(var + eps),
+
+        dbeta = sum(dy),      dgamma = sum(dy * x_hat),
+        dX    = k * (dy - dbeta / m - x_hat * dgamma / m)
+              = k * dy  +  (-k * mean(dy))  +  (x - mean) * (-k / (var + eps) * mean(dy * (x - mean))),
+
+    the last line as two :func:`scale_shift` passes and one addition.
+    """
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray) -> nd.NDArray:
+        m = X.size // X.shape[1]
+        neg_mean = channel_sum(X, -1.0 / m)
+        Xc = scale_shift(X, None, neg_mean)                                    # X - mean
+        var = channel_sum(nd.square(Xc), 1.0 / m)
+        inv_std = nd.rsqrt(var + self.eps)
+        k = gamma * inv_std
+        self.neg_mean, self.var = neg_mean, var
+        self.save_for_backward(Xc, inv_std, k)
+        return scale_shift(Xc, k, beta)
+
+    @property
+    def mean(self) -> nd.NDArray:
+        """The batch mean, (C,)."""
+        return -self.neg_mean
+
+    def backward(self, dY: nd.NDArray):
+        Xc, inv_std, k = self.saved_tensors
+        m = Xc.size // Xc.shape[1]
+        dbeta = channel_sum(dY, out=self.grad_buffer(2))                       # sum(dy)
+        dgamma = nd.elemwise_mul(channel_sum(dY * Xc), inv_std,                 # sum(dy * x_hat)
+                                 out=self.grad_buffer(1))
+        if self.grad_req(0) == "null":                                         # X needs no gradient
+            return None, dgamma, dbeta
+        shift = k * dbeta * (-1.0 / m)                                         # -k * mean(dy)
+        a = k * inv_std * dgamma * (-1.0 / m)                                  # -k * mean(dy x_hat) / std
+        dX = nd.elemwise_add(scale_shift(dY, k, shift), scale_shift(Xc, a), out=self.grad_buffer(0))
+        return dX, dgamma, dbeta
+
+
+def moving_average(moving: nd.NDArray, batch: nd.NDArray, momentum: float,
+                   negated: bool = False) -> nd.NDArray:
+    """``momentum * moving + (1 - momentum) * batch`` (``- batch`` if ``negated``) in one operator.
+
+    moving, batch: (C,); returns a new array, ``moving`` is not modified. The update is one step of
+    gradient descent, ``moving - (1 - momentum) * (moving - batch)``, so MXNet's fused SGD kernel
+    ``nd.sgd_update(w, g, lr, wd, rescale_grad) = w - lr * (rescale_grad * g + wd * w)`` computes it
+    with lr = 1, wd = 1 - momentum and rescale_grad = -(1 - momentum): one operator instead of three,
+    which matters when the arrays are small and each operator's fixed cost dominates.
+    """
+    rate = 1.0 - momentum
+    return nd.sgd_update(moving.detach(), batch, lr=1.0, wd=rate, rescale_grad=rate if negated else -rate)
+
+
+def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+                    moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
+                    eps: float = 1e-5, momentum: float = 0.9
+                    ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """``d2lbn.norm.batch_norm``, fast: same arguments, checks, results and ``(Y, new_moving_mean,
+    new_moving_var)``; gradients to X, gamma and beta under ``autograd.record()``.
+
+    X: (N, D) or (N, C, H, W), float32; gamma, beta, moving_mean, moving_var: (D,) or (C,) on X's
+    context. Training mode runs :class:`BatchNormTrain` (closed-form backward); inference mode is
+    one :func:`scale_shift`, which autograd differentiates directly.
+    """
+    _norm.check_norm_inputs(X, eps, gamma=gamma, beta=beta, moving_mean=moving_mean,
+                            moving_var=moving_var)
+    _norm.check_momentum(momentum)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    if not training:
+        k = gamma * nd.rsqrt(moving_var + eps)
+        return scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(), moving_var.detach()
+    if X.size // X.shape[1] == 1:
+        raise ValueError(
+            f"training-mode batch norm needs more than one value per feature/channel to estimate a "
+            f"variance; X of shape {X.shape} has one (its variance is 0, so the output would be exactly "
+            f"beta whatever the input). Use a larger batch, or training=False to use the moving statistics")
+    fn = BatchNormTrain(eps)
+    Y = fn(X, gamma, beta)
+    with autograd.pause():
+        new_mean = moving_average(moving_mean, fn.neg_mean, momentum, negated=True)
+        new_var = moving_average(moving_var, fn.var, momentum)
+    return Y, new_mean, new_var
+
+
+# Imported last: d2lbn.norm imports this module to register the fast path, so each module must be
+# fully defined before it asks for the other (the functions above look `_norm` up when called).
+from . import norm as _norm  # noqa: E402  pylint: disable=wrong-import-position
