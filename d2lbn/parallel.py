@@ -1,0 +1,354 @@
+"""Batch norm across devices: data parallelism with per-device or synchronised batch statistics.
+
+In data-parallel training each device (``ctx``) receives a slice of the mini-batch and runs the same
+net on it. An ordinary batch-norm layer then normalises every slice with *that slice's* statistics.
+Synchronised batch norm instead all-reduces the per-device sums, so every device normalises with the
+statistics of the whole mini-batch: the result is what one device would compute on the whole batch.
+
+* :func:`split_batch` -- cut ``X: (N, ...)`` and ``y: (N,)`` into equal slices, one per context;
+* :func:`all_reduce_sum` -- the sum of per-device arrays, delivered to every device (differentiable);
+* :func:`sync_moments` -- the whole batch's mean and biased variance from per-device slices;
+* :func:`sync_batch_norm` -- batch norm of a list of per-device slices with synchronised statistics;
+* :class:`SyncBatchNorm` -- the layer; :class:`ListSequential` -- a net whose forward takes the list of
+  per-device slices, so that a synchronised layer can see all of them at once;
+* :func:`data_parallel_lenet` and :func:`data_parallel_step` -- LeNet and one SGD step on several
+  contexts, with ``'local'`` (per-device), ``'sync'`` (from scratch) or ``'mxnet-sync'``
+  (``gluon.contrib.nn.SyncBatchNorm``) batch norm.
+
+Contexts may be GPUs (``mx.gpu(0)``, ``mx.gpu(1)``) or, to try it all on one machine, CPU contexts
+(``mx.cpu(0)``, ``mx.cpu(1)``): MXNet keeps separate copies of the parameters on each.
+"""
+from __future__ import annotations
+
+import numbers
+import threading
+from typing import List, Sequence, Tuple
+
+import mxnet as mx
+from mxnet import autograd, gluon, init, nd
+from mxnet.gluon import nn
+
+from .norm import check_momentum, check_norm_inputs
+
+__all__ = ["split_batch", "all_reduce_sum", "sync_moments", "sync_batch_norm", "SyncBatchNorm",
+           "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "data_parallel_step",
+           "NORMS"]
+
+#: The kinds of batch norm :func:`data_parallel_lenet` builds.
+NORMS = ("local", "sync", "mxnet-sync")
+
+
+def _check_contexts(ctxs: Sequence[mx.Context]) -> List[mx.Context]:
+    ctxs = list(ctxs)
+    if not ctxs or not all(isinstance(c, mx.Context) for c in ctxs):
+        raise TypeError(f"ctxs must be a non-empty list of mxnet Contexts; got {ctxs!r}")
+    if len(set(ctxs)) != len(ctxs):
+        raise ValueError(f"ctxs must be distinct; got {ctxs}")
+    return ctxs
+
+
+def split_batch(X: nd.NDArray, y: nd.NDArray, ctxs: Sequence[mx.Context]
+                ) -> Tuple[List[nd.NDArray], List[nd.NDArray]]:
+    """Split X: (N, ...) and y: (N,) into ``len(ctxs)`` equal consecutive slices, slice k on ctxs[k].
+
+    N must be divisible by the number of contexts (unequal slices would weigh examples unequally).
+    """
+    ctxs = _check_contexts(ctxs)
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"X and y must have as many rows; got {X.shape[0]} and {y.shape[0]}")
+    if X.shape[0] % len(ctxs):
+        raise ValueError(f"the batch size ({X.shape[0]}) must be divisible by the number of "
+                         f"contexts ({len(ctxs)})")
+    return (gluon.utils.split_and_load(X, ctxs, even_split=True),
+            gluon.utils.split_and_load(y, ctxs, even_split=True))
+
+
+def all_reduce_sum(arrays: Sequence[nd.NDArray]) -> List[nd.NDArray]:
+    """All-reduce: given one array per device (same shape), return their sum on every device.
+
+    Done the simplest way: copy everything to the first device, add, copy the total back. The copies
+    are recorded by autograd, so gradients flow back to every device. (NCCL, Horovod and MXNet's
+    kvstore use a ring or tree instead, which sends less data through any one link.)
+    """
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("arrays must hold at least one array")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise ValueError(f"all arrays must have the same shape; got {sorted(shapes)}")
+    home = arrays[0].context
+    total = arrays[0]
+    for a in arrays[1:]:
+        total = total + a.as_in_context(home)
+    return [total.as_in_context(a.context) for a in arrays]
+
+
+def sync_moments(Xs: Sequence[nd.NDArray]) -> Tuple[List[nd.NDArray], List[nd.NDArray]]:
+    """The mean and biased variance of the *whole* batch, one copy per device.
+
+    Xs: per-device slices, each (N_k, D) or (N_k, C, H, W). Returns ``(means, variances)``, lists of
+    (1, D) or (1, C, 1, 1) arrays, entry k on Xs[k]'s context. Two all-reduces of per-feature sums:
+    first the sum of X (with the count) for the mean, then the sum of squared deviations from that
+    mean for the variance -- the same numbers a single device would compute on the whole batch.
+    """
+    Xs = list(Xs)
+    if not Xs:
+        raise ValueError("Xs must hold at least one slice")
+    axes = (0,) if Xs[0].ndim == 2 else (0, 2, 3)
+    if any(X.ndim != Xs[0].ndim or X.shape[1:] != Xs[0].shape[1:] for X in Xs):
+        raise ValueError(f"all slices must agree except in the batch axis; got {[X.shape for X in Xs]}")
+    count = sum(X.size // X.shape[1] for X in Xs)        # values per feature/channel, all devices
+    sums = all_reduce_sum([X.sum(axis=axes, keepdims=True) for X in Xs])
+    means = [s / count for s in sums]
+    squares = all_reduce_sum([((X - mean) ** 2).sum(axis=axes, keepdims=True) for X, mean in zip(Xs, means)])
+    return means, [q / count for q in squares]
+
+
+def sync_batch_norm(Xs: Sequence[nd.NDArray], gammas: Sequence[nd.NDArray], betas: Sequence[nd.NDArray],
+                    moving_means: Sequence[nd.NDArray], moving_vars: Sequence[nd.NDArray], *,
+                    training: bool, eps: float = 1e-5, momentum: float = 0.9
+                    ) -> Tuple[List[nd.NDArray], List[nd.NDArray], List[nd.NDArray]]:
+    """``d2lbn.norm.batch_norm`` over per-device slices with synchronised statistics.
+
+    Every argument is a list with one entry per device: Xs[k]: (N_k, D) or (N_k, C, H, W), the others
+    (D,) or (C,), all on Xs[k]'s context. Returns ``(Ys, new_moving_means, new_moving_vars)``, lists
+    likewise. In training mode the slices are normalised with the whole batch's mean and biased
+    variance (:func:`sync_moments`), so ``concat(Ys)`` equals ``batch_norm(concat(Xs))`` and so do the
+    gradients (autograd differentiates through the all-reduce); the moving statistics, updated with
+    the same numbers everywhere, stay equal on all devices. In inference mode each slice uses its
+    device's moving statistics and nothing is communicated.
+    """
+    Xs = list(Xs)
+    n = len(Xs)
+    for name, values in (("gammas", gammas), ("betas", betas), ("moving_means", moving_means),
+                         ("moving_vars", moving_vars)):
+        if len(values) != n:
+            raise ValueError(f"{name} must hold one array per slice ({n}); got {len(values)}")
+    for k in range(n):
+        check_norm_inputs(Xs[k], eps, gamma=gammas[k], beta=betas[k],
+                          moving_mean=moving_means[k], moving_var=moving_vars[k])
+    check_momentum(momentum)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    shape = (1, -1) if Xs[0].ndim == 2 else (1, -1, 1, 1)
+    if training:
+        count = sum(X.size // X.shape[1] for X in Xs)
+        if count == 1:
+            raise ValueError("training-mode batch norm needs more than one value per feature/channel "
+                             "over all devices together")
+        means, variances = sync_moments(Xs)
+    else:
+        means = [m.reshape(shape) for m in moving_means]
+        variances = [v.reshape(shape) for v in moving_vars]
+    Ys = [gammas[k].reshape(shape) * (Xs[k] - means[k]) / nd.sqrt(variances[k] + eps) + betas[k].reshape(shape)
+          for k in range(n)]
+    if not training:
+        return Ys, [m.detach() for m in moving_means], [v.detach() for v in moving_vars]
+    new_means = [momentum * moving_means[k].detach() + (1 - momentum) * means[k].detach().reshape((-1,))
+                 for k in range(n)]
+    new_vars = [momentum * moving_vars[k].detach() + (1 - momentum) * variances[k].detach().reshape((-1,))
+                for k in range(n)]
+    return Ys, new_means, new_vars
+
+
+class SyncBatchNorm(nn.Block):
+    """Synchronised batch norm from scratch: ``forward`` takes the *list* of per-device slices.
+
+    num_features: D or C; num_dims: 2 or 4. Parameters as ``d2lbn.norm.BatchNorm`` (gamma, beta,
+    moving_mean, moving_var, each (num_features,)), initialised on every context. Use it inside a
+    :class:`ListSequential`; it follows ``autograd.is_training()`` like ``BatchNorm``.
+    """
+
+    takes_list = True     # ListSequential passes it every device's slice at once
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
+            raise ValueError(f"num_features must be a positive int; got {num_features!r}")
+        if num_dims not in (2, 4) or isinstance(num_dims, bool):
+            raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"eps must be > 0; got {eps!r}")
+        check_momentum(momentum)
+        self.num_features, self.num_dims, self.eps, self.momentum = num_features, num_dims, float(eps), float(momentum)
+        shape = (num_features,)
+        with self.name_scope():
+            self.gamma = self.params.get("gamma", shape=shape, init=init.One())
+            self.beta = self.params.get("beta", shape=shape, init=init.Zero())
+            self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
+                                               grad_req="null", differentiable=False)
+            self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
+                                              grad_req="null", differentiable=False)
+
+    def forward(self, Xs: Sequence[nd.NDArray]) -> List[nd.NDArray]:
+        if isinstance(Xs, nd.NDArray):
+            raise TypeError("SyncBatchNorm takes the list of per-device slices, not one array; "
+                            "put it in a ListSequential")
+        Xs = list(Xs)
+        for X in Xs:
+            if X.ndim != self.num_dims or X.shape[1] != self.num_features:
+                raise ValueError(f"{self.name} expects slices with {self.num_dims} axes and "
+                                 f"{self.num_features} features/channels on axis 1; got shape {X.shape}")
+        ctxs = [X.context for X in Xs]
+        means = [self.moving_mean.data(c) for c in ctxs]
+        variances = [self.moving_var.data(c) for c in ctxs]
+        training = autograd.is_training()
+        Ys, new_means, new_vars = sync_batch_norm(
+            Xs, [self.gamma.data(c) for c in ctxs], [self.beta.data(c) for c in ctxs], means, variances,
+            training=training, eps=self.eps, momentum=self.momentum)
+        if training:
+            with autograd.pause():
+                for k in range(len(Xs)):
+                    means[k][:] = new_means[k]
+                    variances[k][:] = new_vars[k]
+        return Ys
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_features={self.num_features}, num_dims={self.num_dims}, "
+                f"eps={self.eps:g}, momentum={self.momentum:g})")
+
+
+class ListSequential(nn.Block):
+    """A sequential net whose forward takes the list of per-device slices and returns a list.
+
+    Ordinary layers run on each slice separately (on its device); layers with ``takes_list = True``
+    (:class:`SyncBatchNorm`) receive all slices at once. A single NDArray is also accepted and
+    treated as a one-device list, returning one NDArray.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._layers: List[gluon.Block] = []
+
+    def add(self, *blocks: gluon.Block) -> None:
+        for block in blocks:
+            self.register_child(block)
+            self._layers.append(block)
+
+    def forward(self, Xs):
+        single = isinstance(Xs, nd.NDArray)
+        Xs = [Xs] if single else list(Xs)
+        for layer in self._layers:
+            Xs = layer(Xs) if getattr(layer, "takes_list", False) else [layer(X) for X in Xs]
+        return Xs[0] if single else Xs
+
+    def __repr__(self) -> str:
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self._layers)]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
+
+
+def data_parallel_lenet(norm: str, num_devices: int, activation: str = "relu") -> gluon.Block:
+    """LeNet (the layout of ``d2lbn.models``) for data-parallel training on ``num_devices`` contexts.
+
+    norm: ``'local'`` -- ``d2lbn.norm.BatchNorm`` (``impl='naive'``, the formula as written: the
+    reference the synchronised versions are checked against), each device with its own slice's statistics;
+    ``'sync'`` -- :class:`SyncBatchNorm`, from scratch (the net is a :class:`ListSequential`: call it
+    with the list of slices); ``'mxnet-sync'`` -- ``gluon.contrib.nn.SyncBatchNorm`` (call it on each
+    slice in turn inside one ``autograd.record()``: MXNet's operator waits for all ``num_devices``
+    slices before it computes).
+    """
+    from . import models
+    from .norm import BatchNorm
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices <= 0:
+        raise ValueError(f"num_devices must be a positive int; got {num_devices!r}")
+    if norm == "local":
+        return models._build(lambda c, d: BatchNorm(c, d, impl="naive"), activation)
+    if norm == "mxnet-sync":
+        return models._build(lambda c, d: gluon.contrib.nn.SyncBatchNorm(in_channels=c, num_devices=num_devices),
+                             activation)
+    plain = models._build(lambda c, d: SyncBatchNorm(c, d), activation)
+    net = ListSequential()
+    net.add(*plain._children.values())
+    return net
+
+
+def reference_and_data_parallel(norm: str, ctxs: Sequence[mx.Context], X: nd.NDArray, seed: int = 0
+                                ) -> Tuple[gluon.Block, gluon.Block]:
+    """Two LeNets with the same initial parameters (Xavier, seeded with ``seed``): the reference, with
+    ``d2lbn.norm.BatchNorm`` on ``ctxs[0]`` alone, and ``data_parallel_lenet(norm, len(ctxs))`` on
+    every context. X: (N, 1, 28, 28), N divisible by ``len(ctxs)``, a sample batch used (in inference
+    mode, changing nothing) to infer the parameter shapes."""
+    from .repro import set_seed
+    ctxs = _check_contexts(ctxs)
+    set_seed(seed)
+    one = data_parallel_lenet("local", 1)
+    one.initialize(init.Xavier(), ctx=ctxs[0])
+    many = data_parallel_lenet(norm, len(ctxs))
+    many.initialize(init.Xavier(), ctx=ctxs)
+    Xs, _ = split_batch(X, nd.zeros(X.shape[0]), ctxs)
+    with autograd.predict_mode():
+        one(X.as_in_context(ctxs[0]))
+        if isinstance(many, ListSequential):
+            many(Xs)
+        else:
+            for Xk in Xs:
+                many(Xk)
+    mine, theirs = list(one.collect_params().values()), list(many.collect_params().values())
+    if [p.shape for p in mine] != [p.shape for p in theirs]:
+        raise RuntimeError("the two nets do not have the same parameter layout")
+    for source, target in zip(mine, theirs):
+        target.set_data(source.data(ctxs[0]))
+    return one, many
+
+
+def _has_mxnet_sync(net: gluon.Block) -> bool:
+    return any(isinstance(b, gluon.contrib.nn.SyncBatchNorm) for b in net._children.values())
+
+
+def _in_threads(work, n: int) -> list:
+    """Run ``work(k)`` for k = 0..n-1, each in its own thread; return the results, re-raise an error."""
+    results: list = [None] * n
+    errors: list = []
+
+    def run(k: int) -> None:
+        try:
+            results[k] = work(k)
+        except BaseException as error:      # noqa: BLE001 -- re-raised in the calling thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer, loss_fn: gluon.loss.Loss,
+                       X: nd.NDArray, y: nd.NDArray, ctxs: Sequence[mx.Context]) -> float:
+    """One SGD step of data-parallel training; returns the batch's mean loss.
+
+    X: (N, 1, 28, 28), y: (N,) with N divisible by ``len(ctxs)``. The batch is split over ``ctxs``,
+    each slice's loss is computed on its device (a :class:`ListSequential` sees all slices at once),
+    the backward passes run, and ``trainer.step(N)`` sums the gradients over the devices (MXNet's
+    kvstore) and applies the same update to every device's copy of the parameters.
+
+    With ``gluon.contrib.nn.SyncBatchNorm`` each device runs its forward and backward pass in its own
+    thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator blocks until every device has
+    reached it, and one thread driving the devices in turn can wait forever (it does on this build
+    once two such layers sit in one net).
+    """
+    Xs, ys = split_batch(X, y, ctxs)
+    if _has_mxnet_sync(net):
+        if any(p._deferred_init for p in net.collect_params().values()):
+            with autograd.predict_mode():          # infer the shapes; no synchronisation at inference
+                for Xk in Xs:
+                    net(Xk)
+
+        def work(k: int) -> nd.NDArray:
+            with autograd.record():
+                loss = loss_fn(net(Xs[k]), ys[k])
+            loss.backward()
+            return loss
+        losses = _in_threads(work, len(Xs))
+    else:
+        with autograd.record():
+            scores = net(Xs) if isinstance(net, ListSequential) else [net(Xk) for Xk in Xs]
+            losses = [loss_fn(s, yk) for s, yk in zip(scores, ys)]
+        autograd.backward(losses)
+    trainer.step(X.shape[0])
+    return sum(float(l.sum().asscalar()) for l in losses) / X.shape[0]

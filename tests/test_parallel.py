@@ -1,0 +1,181 @@
+"""Batch norm across devices (d2lbn.parallel) on CPU contexts cpu(0) and cpu(1): the all-reduce, the
+synchronised statistics and layer against the whole batch on one device (float64 NumPy and
+d2lbn.norm.batch_norm), MXNet's own SyncBatchNorm, and data-parallel training against one device."""
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+import d2lbn
+from d2lbn import parallel as P
+from d2lbn.norm import batch_norm
+from conftest import numpy_batch_norm
+
+CTXS = [mx.cpu(0), mx.cpu(1)]
+
+
+def slices(x, sizes):
+    """Cut the NumPy batch x into consecutive slices of ``sizes``, slice k as an NDArray on CTXS[k]."""
+    bounds = np.cumsum([0] + list(sizes))
+    return [nd.array(x[a:b], ctx=CTXS[k]) for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def shifted_batch(rng, shape):
+    """A batch whose second half is shifted and stretched, so per-slice statistics differ a lot."""
+    x = rng.normal(size=shape)
+    x[shape[0] // 2:] = 3 * x[shape[0] // 2:] + 5
+    return x
+
+
+def test_all_reduce_sum_values_places_and_gradient(rng):
+    a, b = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
+    arrays = [nd.array(a, ctx=CTXS[0]), nd.array(b, ctx=CTXS[1])]
+    for arr in arrays:
+        arr.attach_grad()
+    with autograd.record():
+        out = P.all_reduce_sum(arrays)
+        total = sum((o * (k + 1)).sum().as_in_context(CTXS[0]) for k, o in enumerate(out))
+    total.backward()
+    for k, o in enumerate(out):
+        assert o.context == CTXS[k]
+        np.testing.assert_allclose(o.asnumpy(), a + b, rtol=1e-6)
+    for arr in arrays:                           # d total / d a = 1 + 2: each copy feeds the total
+        np.testing.assert_allclose(arr.grad.asnumpy(), np.full((2, 3), 3.0))
+
+
+def test_all_reduce_sum_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        P.all_reduce_sum([nd.ones(3, ctx=CTXS[0]), nd.ones(4, ctx=CTXS[1])])
+
+
+@pytest.mark.parametrize("shape, sizes", [((8, 5), (4, 4)), ((8, 3, 4, 4), (3, 5)), ((6, 2, 1, 3), (1, 5))])
+def test_sync_moments_equal_whole_batch_and_local_do_not(shape, sizes, rng):
+    x = shifted_batch(rng, shape)
+    means, variances = P.sync_moments(slices(x, sizes))
+    _, mean, var = numpy_batch_norm(x, np.ones(shape[1]), np.zeros(shape[1]))
+    for k in range(2):
+        assert means[k].context == CTXS[k]
+        np.testing.assert_allclose(means[k].asnumpy().ravel(), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(variances[k].asnumpy().ravel(), var, rtol=1e-5, atol=1e-5)
+    local = x[:sizes[0]].mean(axis=(0,) if x.ndim == 2 else (0, 2, 3))
+    assert np.abs(local - mean).max() > 1.0      # per-device statistics are not the whole batch's
+
+
+def test_sync_batch_norm_matches_one_device_values_gradients_and_moving_stats(rng):
+    shape = (8, 3, 4, 4)
+    x, w = shifted_batch(rng, shape), rng.normal(size=shape)
+    gamma, beta = rng.uniform(0.5, 2, 3), rng.normal(size=3)
+    mm, mv = rng.normal(size=3), rng.uniform(0.5, 2, 3)
+    # one device, whole batch
+    X = nd.array(x); X.attach_grad()
+    G = nd.array(gamma); G.attach_grad()
+    with autograd.record():
+        Y, new_mean, new_var = batch_norm(X, G, nd.array(beta), nd.array(mm), nd.array(mv), training=True)
+        loss = (Y * nd.array(w)).sum()
+    loss.backward()
+    # two devices, synchronised
+    Xs, Ws = slices(x, (4, 4)), slices(w, (4, 4))
+    Gs = [nd.array(gamma, ctx=c) for c in CTXS]
+    for a in Xs + Gs:
+        a.attach_grad()
+    with autograd.record():
+        Ys, new_means, new_vars = P.sync_batch_norm(
+            Xs, Gs, [nd.array(beta, ctx=c) for c in CTXS], [nd.array(mm, ctx=c) for c in CTXS],
+            [nd.array(mv, ctx=c) for c in CTXS], training=True)
+        losses = [(Yk * Wk).sum() for Yk, Wk in zip(Ys, Ws)]
+    autograd.backward(losses)
+    joined = np.concatenate([Yk.asnumpy() for Yk in Ys])
+    np.testing.assert_allclose(joined, Y.asnumpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(joined, numpy_batch_norm(x, gamma, beta)[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.concatenate([a.grad.asnumpy() for a in Xs]), X.grad.asnumpy(),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(Gs[0].grad.asnumpy() + Gs[1].grad.asnumpy(), G.grad.asnumpy(),
+                               rtol=1e-4, atol=1e-5)      # the trainer sums gradients over devices
+    for k in range(2):
+        np.testing.assert_allclose(new_means[k].asnumpy(), new_mean.asnumpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(new_vars[k].asnumpy(), new_var.asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sync_batch_norm_inference_uses_each_devices_moving_stats(rng):
+    x = rng.normal(size=(4, 2))
+    Xs = slices(x, (2, 2))
+    ones = [nd.ones(2, ctx=c) for c in CTXS]
+    zeros = [nd.zeros(2, ctx=c) for c in CTXS]
+    means = [nd.array([1.0, 2.0], ctx=c) for c in CTXS]
+    Ys, _, _ = P.sync_batch_norm(Xs, ones, zeros, means, [nd.array([4.0, 4.0], ctx=c) for c in CTXS],
+                                 training=False)
+    expected = (x - np.array([1.0, 2.0])) / np.sqrt(4.0 + 1e-5)
+    np.testing.assert_allclose(np.concatenate([Y.asnumpy() for Y in Ys]), expected, rtol=1e-5)
+
+
+def test_sync_layer_in_list_sequential(rng):
+    net = P.ListSequential()
+    layer = P.SyncBatchNorm(3, 2, momentum=0.0)
+    net.add(gluon.nn.Dense(3, in_units=4), layer)
+    net.initialize(ctx=CTXS)
+    x = shifted_batch(rng, (6, 4))
+    Xs = slices(x, (3, 3))
+    with autograd.record():
+        Ys = net(Xs)
+    hidden = np.concatenate([net._layers[0](X).asnumpy() for X in Xs])
+    assert [Y.context for Y in Ys] == CTXS
+    for c in CTXS:                 # momentum 0: the moving statistics are the whole batch's, everywhere
+        np.testing.assert_allclose(layer.moving_mean.data(c).asnumpy(), hidden.mean(axis=0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.moving_var.data(c).asnumpy(), hidden.var(axis=0), rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="list"):
+        layer(nd.ones((2, 3)))
+
+
+def test_mxnet_sync_batch_norm_statistics_are_the_whole_batch(rng):
+    """gluon.contrib.nn.SyncBatchNorm (momentum 0) stores the whole batch's mean and biased variance
+    (MXNet writes its running statistics during the backward pass)."""
+    bn = gluon.contrib.nn.SyncBatchNorm(in_channels=3, num_devices=2, momentum=0.0)
+    bn.initialize(ctx=CTXS)
+    x = shifted_batch(rng, (8, 3, 2, 2))
+    Xs = slices(x, (4, 4))
+    with autograd.record():
+        outputs = [bn(X).sum() for X in Xs]
+    autograd.backward(outputs)
+    nd.waitall()
+    for c in CTXS:
+        np.testing.assert_allclose(bn.running_mean.data(c).asnumpy(), x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(bn.running_var.data(c).asnumpy(), x.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def _max_param_difference(net_a, net_b, ctx_b):
+    pa, pb = list(net_a.collect_params().values()), list(net_b.collect_params().values())
+    assert [p.shape for p in pa] == [p.shape for p in pb]
+    return max(float(np.abs(a.data().asnumpy() - b.data(ctx_b).asnumpy()).max()) for a, b in zip(pa, pb))
+
+
+@pytest.mark.parametrize("norm, synchronised", [("sync", True), ("mxnet-sync", True), ("local", False)])
+def test_data_parallel_training_equals_one_device_only_when_synchronised(norm, synchronised):
+    d2lbn.set_seed(3)
+    X = nd.random.uniform(shape=(16, 1, 28, 28)) * nd.arange(16).reshape((16, 1, 1, 1)) / 8
+    y = nd.array(np.arange(16) % 10)
+    nets = P.reference_and_data_parallel(norm, CTXS, X)
+    one, many = nets
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    t1 = gluon.Trainer(one.collect_params(), "sgd", {"learning_rate": 0.1})
+    t2 = gluon.Trainer(many.collect_params(), "sgd", {"learning_rate": 0.1})
+    assert _max_param_difference(one, many, CTXS[1]) == 0
+    for _ in range(3):
+        P.data_parallel_step(one, t1, loss_fn, X, y, CTXS[:1])
+        P.data_parallel_step(many, t2, loss_fn, X, y, CTXS)
+    difference = _max_param_difference(one, many, CTXS[1])
+    if synchronised:
+        assert difference < 1e-4
+    else:
+        assert difference > 1e-3
+
+
+@pytest.mark.parametrize("call, error, words", [
+    (lambda: P.split_batch(nd.ones((5, 2)), nd.ones(5), CTXS), ValueError, "divisible"),
+    (lambda: P.split_batch(nd.ones((4, 2)), nd.ones(3), CTXS), ValueError, "rows"),
+    (lambda: P.split_batch(nd.ones((4, 2)), nd.ones(4), [CTXS[0], CTXS[0]]), ValueError, "distinct"),
+    (lambda: P.data_parallel_lenet("ghost", 2), ValueError, "norm"),
+    (lambda: P.sync_moments([nd.ones((2, 3)), nd.ones((2, 4))]), ValueError, "agree"),
+])
+def test_bad_arguments(call, error, words):
+    with pytest.raises(error, match=words):
+        call()
