@@ -1,0 +1,360 @@
+"""Experiments beyond the classic tutorials (chapter "Beyond the Tutorials").
+
+* :func:`figure1_run` -- Ioffe & Szegedy (2015), Figure 1, on Fashion-MNIST: a net of three fully
+  connected layers of 100 sigmoid units, batch 60, with and without batch norm; test accuracy and the
+  15th/50th/85th percentiles of the inputs of the last hidden layer's sigmoids over training.
+* :func:`sweep` -- short LeNet runs over learning rates or weight-initialisation scales, with and
+  without batch norm, recording which runs diverge or stall.
+* :func:`batch_size_run` -- the same net at several batch sizes: accuracy in inference mode (moving
+  statistics) against training mode (statistics of each test batch), with batch norm or layer norm.
+
+Everything runs on one context (a GPU when there is one). Shapes: images ``X: (N, 1, 28, 28)`` for
+LeNet and ``X: (N, 784)`` for the fully connected net, labels ``y: (N,)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon, init as mx_init, nd
+from mxnet.gluon import nn
+
+from .norm import BatchNorm, LayerNorm
+from .repro import set_seed
+
+__all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statistics",
+           "IMPL", "accuracy", "train_mode_accuracy", "Figure1Result", "figure1_run", "steps_to_accuracy",
+           "percentile_drift", "lenet_with_norm", "RunResult", "short_run", "sweep", "failures",
+           "BatchSizeResult", "batch_size_run", "batch_mean_noise"]
+
+
+#: The batch-norm implementation the experiments use: the formula as written (``d2lbn.norm.batch_norm``),
+#: so that their numbers do not depend on any faster variant (pass ``impl=`` to choose another).
+IMPL = "naive"
+
+
+# ---- data as arrays --------------------------------------------------------------------------------
+
+def fashion_arrays(train_limit: Optional[int] = None, test_limit: Optional[int] = None,
+                   flatten: bool = False, ctx: mx.Context = mx.cpu()
+                   ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Fashion-MNIST as four arrays on ``ctx``: ``(train_X, train_y, test_X, test_y)``.
+
+    X: (n, 1, 28, 28) float32 in [0, 1], or (n, 784) with ``flatten=True``; y: (n,) float32 labels.
+    ``train_limit``/``test_limit`` keep the first n examples of each split (all when None).
+    """
+    from .data import read_fashion_mnist
+    (train_X, train_y), (test_X, test_y) = read_fashion_mnist()
+    out = []
+    for images, labels, limit, name in ((train_X, train_y, train_limit, "train_limit"),
+                                        (test_X, test_y, test_limit, "test_limit")):
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise ValueError(f"{name} must be a positive int or None; got {limit!r}")
+            images, labels = images[:limit], labels[:limit]
+        shape = (len(images), 784) if flatten else (len(images), 1, 28, 28)
+        out.append(nd.array(images.reshape(shape), ctx=ctx, dtype="float32") / 255)
+        out.append(nd.array(labels, ctx=ctx, dtype="float32"))
+    return out[0], out[1], out[2], out[3]
+
+
+class ArrayLoader:
+    """Mini-batches ``(X[i:i+b], y[i:i+b])`` of in-memory arrays, a drop-in for a ``DataLoader``.
+
+    With ``shuffle=True`` each pass draws a new permutation from NumPy's global generator (so
+    ``set_seed`` makes it repeat). ``len()`` is the number of batches; the last one may be smaller.
+    Much faster than ``gluon.data.DataLoader`` for small batches (one ``take`` per batch).
+    """
+
+    def __init__(self, X: nd.NDArray, y: nd.NDArray, batch_size: int, shuffle: bool = False):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"X and y must have as many rows; got {X.shape[0]} and {y.shape[0]}")
+        self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return math.ceil(self.X.shape[0] / self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[nd.NDArray, nd.NDArray]]:
+        n = self.X.shape[0]
+        if self.shuffle:
+            order = nd.array(np.random.permutation(n), ctx=self.X.context)
+            X, y = self.X.take(order), self.y.take(order)
+        else:
+            X, y = self.X, self.y
+        for i in range(0, n, self.batch_size):
+            yield X[i:i + self.batch_size], y[i:i + self.batch_size]
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def frozen_moving_statistics(net: gluon.Block):
+    """Within the block, training-mode forward passes may update the moving statistics (every
+    parameter with ``grad_req='null'``); on exit they are restored to their values on entry."""
+    params = [p for p in net.collect_params().values() if p.grad_req == "null"]
+    saved = [[d.copy() for d in p.list_data()] for p in params]
+    try:
+        yield
+    finally:
+        for p, values in zip(params, saved):
+            for d, v in zip(p.list_data(), values):
+                d[:] = v
+
+
+def accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
+    """Fraction of correct predictions over ``loader``, in inference mode (moving statistics)."""
+    correct, total = 0.0, 0
+    for X, y in loader:
+        X, y = X.as_in_context(ctx), y.as_in_context(ctx)
+        correct += float((net(X).argmax(axis=1) == y.astype("float32")).sum().asscalar())
+        total += X.shape[0]
+    if total == 0:
+        raise ValueError("loader yielded no examples")
+    return correct / total
+
+
+def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
+    """Fraction of correct predictions over ``loader`` in *training* mode: each batch is normalised
+    with its own statistics, as during training. The moving statistics are left unchanged."""
+    with frozen_moving_statistics(net), autograd.train_mode():
+        return accuracy(net, loader, ctx)
+
+
+# ---- 1. Figure 1 of the paper --------------------------------------------------------------------------
+
+class SigmoidMLP(nn.Block):
+    """The net of Ioffe & Szegedy (2015), Figure 1: ``num_layers`` fully connected layers of ``hidden``
+    sigmoid units (batch norm before each sigmoid when ``batch_norm``), then 10 scores.
+
+    X: (N, 784) -> (N, 10). Weights are drawn from N(0, ``sigma``^2) ("small random Gaussian
+    values"), biases start at 0. :meth:`sigmoid_inputs` returns the inputs of the last hidden
+    layer's sigmoids, (N, hidden).
+    """
+
+    def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3, sigma: float = 0.1,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0; got {sigma!r}")
+        self.batch_norm = bool(batch_norm)
+        self.dense: List[nn.Dense] = []
+        self.norms: List[BatchNorm] = []
+        with self.name_scope():
+            for i in range(num_layers):
+                layer = nn.Dense(hidden, weight_initializer=mx_init.Normal(sigma))
+                self.register_child(layer, f"dense{i}")
+                self.dense.append(layer)
+                if self.batch_norm:
+                    bn = BatchNorm(hidden, 2, impl=IMPL)
+                    self.register_child(bn, f"bn{i}")
+                    self.norms.append(bn)
+            self.output = nn.Dense(10, weight_initializer=mx_init.Normal(sigma))
+
+    def _hidden(self, X: nd.NDArray) -> Tuple[nd.NDArray, nd.NDArray]:
+        """Return (last hidden layer's sigmoid inputs, its outputs)."""
+        H = X
+        for i, layer in enumerate(self.dense):
+            Z = layer(H)
+            if self.batch_norm:
+                Z = self.norms[i](Z)
+            H = nd.sigmoid(Z)
+        return Z, H
+
+    def forward(self, X: nd.NDArray) -> nd.NDArray:
+        return self.output(self._hidden(X)[1])
+
+    def sigmoid_inputs(self, X: nd.NDArray) -> nd.NDArray:
+        """Inputs of the last hidden layer's sigmoids as during training (batch statistics of X when
+        the net has batch norm), without changing the moving statistics. X: (N, 784) -> (N, hidden)."""
+        with frozen_moving_statistics(self), autograd.train_mode():
+            return self._hidden(X)[0]
+
+
+@dataclass
+class Figure1Result:
+    """One run of :func:`figure1_run`. ``steps``: the training steps at which the net was measured
+    (0 = before training); ``test_acc``: test accuracy there; ``percentiles``: (len(steps), 3, hidden),
+    the 15th, 50th and 85th percentile over the probe images of each last-layer sigmoid's input."""
+    batch_norm: bool
+    steps: List[int] = field(default_factory=list)
+    test_acc: List[float] = field(default_factory=list)
+    percentiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 0)))
+
+
+def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: int = 60,
+                eval_every: int = 100, sigma: float = 0.1, train_limit: Optional[int] = None,
+                test_limit: int = 2000, probe_size: int = 500, seed: int = 0,
+                ctx: mx.Context = mx.cpu(), data=None) -> Figure1Result:
+    """Train :class:`SigmoidMLP` with SGD on Fashion-MNIST and record Figure 1's measurements.
+
+    Every ``eval_every`` steps (and at step 0): accuracy on the first ``test_limit`` test images, and
+    the 15/50/85th percentiles of each last-layer sigmoid's input over ``probe_size`` fixed test
+    images (the last ones, disjoint from the accuracy set when the test set is large enough).
+    Batches are drawn at random with replacement, as a stream of steps. ``data``: optional
+    ``fashion_arrays(flatten=True)`` output, to load once for several runs.
+    """
+    if data is None:
+        data = fashion_arrays(train_limit, None, flatten=True, ctx=ctx)
+    train_X, train_y, test_X, test_y = data
+    if train_limit is not None:
+        train_X, train_y = train_X[:train_limit], train_y[:train_limit]
+    test_loader = ArrayLoader(test_X[:test_limit], test_y[:test_limit], 1000)
+    probe = test_X[test_X.shape[0] - probe_size:]
+    set_seed(seed)
+    net = SigmoidMLP(batch_norm, sigma=sigma)
+    net.initialize(ctx=ctx)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    result = Figure1Result(batch_norm)
+    percentiles = []
+
+    def measure(step: int) -> None:
+        result.steps.append(step)
+        result.test_acc.append(accuracy(net, test_loader, ctx))
+        Z = net.sigmoid_inputs(probe).asnumpy()
+        percentiles.append(np.percentile(Z, [15, 50, 85], axis=0))
+
+    measure(0)
+    n = train_X.shape[0]
+    for step in range(1, num_steps + 1):
+        idx = nd.array(np.random.randint(0, n, batch_size), ctx=ctx)
+        X, y = train_X.take(idx), train_y.take(idx)
+        with autograd.record():
+            loss = loss_fn(net(X), y)
+        loss.backward()
+        trainer.step(batch_size)
+        if step % eval_every == 0 or step == num_steps:
+            measure(step)
+    result.percentiles = np.stack(percentiles)
+    return result
+
+
+def steps_to_accuracy(result: Figure1Result, target: float) -> Optional[int]:
+    """The first measured step at which the test accuracy reaches ``target``; None if it never does."""
+    for step, acc in zip(result.steps, result.test_acc):
+        if acc >= target:
+            return step
+    return None
+
+
+def percentile_drift(result: Figure1Result, start_step: int = 0) -> float:
+    """How far the sigmoid inputs' percentiles move during training: for every unit and each of the
+    three percentiles, max - min over the measurements from ``start_step`` on, averaged over both."""
+    keep = np.asarray(result.steps) >= start_step
+    p = result.percentiles[keep]                       # (T, 3, hidden)
+    return float((p.max(axis=0) - p.min(axis=0)).mean())
+
+
+# ---- 2. learning-rate and initialisation sweeps on LeNet ------------------------------------------------
+
+def lenet_with_norm(norm: Optional[str], activation: str = "relu", impl=IMPL) -> gluon.Block:
+    """LeNet (``d2lbn.models``) with ``norm`` after every conv/dense layer but the last, before the
+    activation: None (plain LeNet), ``'batch'`` (``d2lbn.norm.BatchNorm`` with ``impl``) or
+    ``'layer'`` (``d2lbn.norm.LayerNorm``). X: (N, 1, 28, 28) -> (N, 10)."""
+    from . import models
+    if norm is None:
+        return models.lenet(activation)
+    if norm == "batch":
+        return models.lenet_bn(activation, impl=impl)
+    if norm == "layer":
+        return models._build(lambda num_features, num_dims: LayerNorm(num_features, num_dims), activation)
+    raise ValueError(f"norm must be None, 'batch' or 'layer'; got {norm!r}")
+
+
+@dataclass
+class RunResult:
+    """One short training run: the setting, the per-epoch test accuracy and loss, and how it ended."""
+    norm: Optional[str]
+    lr: float
+    sigma: Optional[float]
+    test_acc: List[float]
+    loss: List[float]
+    diverged: bool
+
+    @property
+    def final_acc(self) -> float:
+        """Test accuracy at the end; 0.1 (chance) for a diverged run."""
+        return 0.1 if self.diverged or not self.test_acc else self.test_acc[-1]
+
+
+def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1, batch_size: int = 64,
+              sigma: Optional[float] = None, seed: int = 0, ctx: mx.Context = mx.cpu()) -> RunResult:
+    """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y, test_X,
+    test_y)`` with ``d2lbn.train.train`` (SGD). Weights from N(0, sigma^2) when ``sigma`` is given,
+    Xavier otherwise. A NaN/inf loss ends the run with ``diverged=True``."""
+    from .train import NonFiniteLossError, train
+    train_X, train_y, test_X, test_y = data
+    net = lenet_with_norm(norm)
+    initializer = mx_init.Normal(sigma) if sigma is not None else None
+    try:
+        history = train(net, ArrayLoader(train_X, train_y, batch_size, shuffle=True),
+                        ArrayLoader(test_X, test_y, 500), num_epochs, lr, ctx, seed=seed,
+                        init=initializer, progress=False, plot=False, log=lambda line: None)
+    except NonFiniteLossError as error:
+        return RunResult(norm, lr, sigma, list(error.history.test_acc), list(error.history.loss), True)
+    loss = list(history.loss)
+    return RunResult(norm, lr, sigma, list(history.test_acc), loss, not all(map(math.isfinite, loss)))
+
+
+def sweep(norms: Sequence[Optional[str]], lrs: Sequence[float], data, sigmas: Sequence[Optional[float]] = (None,),
+          **kwargs) -> List[RunResult]:
+    """:func:`short_run` for every norm, learning rate and init scale (keyword arguments passed on)."""
+    return [short_run(norm, lr, data, sigma=sigma, **kwargs)
+            for norm in norms for sigma in sigmas for lr in lrs]
+
+
+def failures(results: Sequence[RunResult], below: float = 0.5) -> List[RunResult]:
+    """The runs that diverged or stalled: final test accuracy under ``below``."""
+    return [r for r in results if r.diverged or r.final_acc < below]
+
+
+# ---- 3. batch size ------------------------------------------------------------------------------------
+
+@dataclass
+class BatchSizeResult:
+    """One net trained at one batch size: test accuracy in inference mode (moving statistics) and in
+    training mode (each test batch, of the same size, normalised with its own statistics)."""
+    norm: str
+    batch_size: int
+    lr: float
+    inference_acc: float
+    train_mode_acc: float
+
+    @property
+    def gap(self) -> float:
+        """inference-mode accuracy minus training-mode accuracy."""
+        return self.inference_acc - self.train_mode_acc
+
+
+def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per_64: float = 0.1,
+                   seed: int = 0, ctx: mx.Context = mx.cpu()) -> BatchSizeResult:
+    """Train ``lenet_with_norm(norm)`` with batches of ``batch_size`` for ``num_epochs`` (SGD with the
+    linear scaling rule, ``lr = lr_per_64 * batch_size / 64``) and measure both accuracies on the
+    test arrays with the same batch size."""
+    from .train import train
+    train_X, train_y, test_X, test_y = data
+    lr = lr_per_64 * batch_size / 64
+    net = lenet_with_norm(norm)
+    train(net, ArrayLoader(train_X, train_y, batch_size, shuffle=True), ArrayLoader(test_X, test_y, 1000),
+          num_epochs, lr, ctx, seed=seed, progress=False, plot=False, log=lambda line: None)
+    test_loader = ArrayLoader(test_X, test_y, batch_size)
+    return BatchSizeResult(norm, batch_size, lr, accuracy(net, test_loader, ctx),
+                           train_mode_accuracy(net, test_loader, ctx))
+
+
+def batch_mean_noise(X: nd.NDArray, batch_size: int, num_batches: int = 200) -> Tuple[float, float]:
+    """How much a batch's mean wanders: for X: (n, D), draw ``num_batches`` batches of ``batch_size``
+    rows at random (NumPy's global generator) and return (the standard deviation of the batch mean,
+    averaged over the D features; the prediction sqrt(var / batch_size) averaged likewise)."""
+    if X.ndim != 2:
+        raise ValueError(f"X must be (n, D); got shape {X.shape}")
+    values = X.asnumpy().astype(np.float64)
+    means = np.stack([values[np.random.randint(0, len(values), batch_size)].mean(axis=0)
+                      for _ in range(num_batches)])
+    return float(means.std(axis=0).mean()), float(np.sqrt(values.var(axis=0) / batch_size).mean())
