@@ -72,6 +72,18 @@ def test_everything_lives_on_the_chosen_context(name):
     assert net(batches[0][0].as_in_context(OTHER)).context == OTHER
 
 
+def test_hybridized_net_lives_on_the_chosen_context():
+    """The compiled Gluon net: its parameters and running statistics on cpu(1), its output too."""
+    net = models.get_model("lenet-bn-gluon")
+    net.hybridize()
+    batches = fake_batches(96, 32)
+    T.train(net, batches, batches[:1], 1, 0.1, OTHER, progress=False, plot=False, log=lambda s: None)
+    assert misplaced(net, OTHER) == []
+    stats = moving_statistics(net)
+    assert len(stats) == 8 and not np.allclose(stats[0].data(OTHER).asnumpy(), 0)
+    assert net(batches[0][0].as_in_context(OTHER)).context == OTHER
+
+
 def test_checker_catches_a_parameter_on_the_default_context():
     """The check above can fail: a net initialised without ``ctx`` (left on cpu(0)) is reported."""
     net = models.get_model("lenet-bn")
