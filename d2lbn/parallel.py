@@ -31,7 +31,7 @@ from mxnet.gluon import nn
 from .norm import check_momentum, check_norm_inputs
 
 __all__ = ["split_batch", "all_reduce_sum", "sync_moments", "sync_batch_norm", "SyncBatchNorm",
-           "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "data_parallel_step",
+           "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "in_threads", "data_parallel_step",
            "NORMS"]
 
 #: The kinds of batch norm :func:`data_parallel_lenet` builds.
@@ -297,7 +297,7 @@ def _has_mxnet_sync(net: gluon.Block) -> bool:
     return any(isinstance(b, gluon.contrib.nn.SyncBatchNorm) for b in net._children.values())
 
 
-def _in_threads(work, n: int) -> list:
+def in_threads(work, n: int) -> list:
     """Run ``work(k)`` for k = 0..n-1, each in its own thread; return the results, re-raise an error."""
     results: list = [None] * n
     errors: list = []
@@ -344,7 +344,7 @@ def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer, loss_fn: gluon.
                 loss = loss_fn(net(Xs[k]), ys[k])
             loss.backward()
             return loss
-        losses = _in_threads(work, len(Xs))
+        losses = in_threads(work, len(Xs))
     else:
         with autograd.record():
             scores = net(Xs) if isinstance(net, ListSequential) else [net(Xk) for Xk in Xs]
