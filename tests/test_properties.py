@@ -8,7 +8,7 @@ from mxnet import nd
 from d2lbn.norm import pure_batch_norm
 from conftest import numpy_batch_norm
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 shapes = st.one_of(
     st.tuples(st.integers(2, 16), st.integers(1, 6)),                                   # (N, D)
@@ -105,7 +105,7 @@ from d2lbn.norm import batch_norm  # noqa: E402
 
 
 @SETTINGS
-@given(batches(), st.floats(0.0, 0.99), st.data())
+@given(batches(), st.floats(0.0, 0.984375, width=32, allow_subnormal=False), st.data())
 def test_batch_norm_training_matches_reference(batch, momentum, data):
     x, gamma, beta, _ = batch
     C = x.shape[1]
