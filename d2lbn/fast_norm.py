@@ -128,11 +128,13 @@ class Function(autograd.Function):
         return self._input_grads[i] if self._req_codes[i] in (_WRITE, _INPLACE) else None
 
 
-# A Function's backward runs as a Python callback on MXNet's engine thread. If the interpreter exits
-# while one is still queued (the gradients of the last batch are still being computed), MXNet's own
-# exit hook shuts the engine down and the callback, pushing new operators into a stopped engine,
-# waits forever: the process hangs at exit. Hooks run last-registered-first, so waiting for all
-# pending work here, after `import mxnet` registered its hook, runs the callbacks before shutdown.
+# A Function's backward runs as a Python callback on one of MXNet's engine threads, after
+# `loss.backward()` has returned. If the interpreter exits while such callbacks are still queued (the
+# gradients of the last batch are still being computed), MXNet's own exit hook, MXNotifyShutdown,
+# puts the engine into its shutdown phase and then waits for all pending work, which never finishes:
+# the process hangs at exit (MXNet 1.9.1; seen with gdb: engine threads idle, main thread in
+# WaitForAll). Exit hooks run last-registered-first, so waiting here first (mxnet was imported above,
+# so its hook is older) lets the callbacks finish while the engine still runs them.
 atexit.register(nd.waitall)
 
 
