@@ -29,7 +29,7 @@ from .repro import set_seed
 __all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statistics",
            "IMPL", "accuracy", "train_mode_accuracy", "Figure1Result", "figure1_run", "steps_to_accuracy",
            "percentile_drift", "lenet_with_norm", "RunResult", "short_run", "sweep", "failures",
-           "BatchSizeResult", "batch_size_run", "batch_mean_noise"]
+           "BatchSizeResult", "settle_moving_statistics", "batch_size_run", "batch_mean_noise"]
 
 
 #: The batch-norm implementation the experiments use: the formula as written (``d2lbn.norm.batch_norm``),
@@ -332,17 +332,36 @@ class BatchSizeResult:
         return self.inference_acc - self.train_mode_acc
 
 
+def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context) -> None:
+    """Let the moving statistics catch up with the current weights: ``num_batches`` training-mode
+    forward passes over ``loader``'s batches, no weight update. With momentum 0.9, after 50 batches
+    the statistics from before weigh 0.9**50 < 0.01. (For layers that update their moving
+    statistics in the forward pass, as ``d2lbn.norm.BatchNorm`` does.)"""
+    done = 0
+    with autograd.train_mode():
+        while done < num_batches:
+            for X, _ in loader:
+                net(X.as_in_context(ctx))
+                done += 1
+                if done == num_batches:
+                    break
+
+
 def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per_64: float = 0.1,
-                   seed: int = 0, ctx: mx.Context = mx.cpu()) -> BatchSizeResult:
+                   settle_batches: int = 50, seed: int = 0, ctx: mx.Context = mx.cpu()) -> BatchSizeResult:
     """Train ``lenet_with_norm(norm)`` with batches of ``batch_size`` for ``num_epochs`` (SGD with the
-    linear scaling rule, ``lr = lr_per_64 * batch_size / 64``) and measure both accuracies on the
-    test arrays with the same batch size."""
+    linear scaling rule, ``lr = lr_per_64 * batch_size / 64``), let the moving statistics settle on
+    ``settle_batches`` training batches (:func:`settle_moving_statistics`), and measure both
+    accuracies on the test arrays with the same batch size."""
     from .train import train
     train_X, train_y, test_X, test_y = data
     lr = lr_per_64 * batch_size / 64
     net = lenet_with_norm(norm)
-    train(net, ArrayLoader(train_X, train_y, batch_size, shuffle=True), ArrayLoader(test_X, test_y, 1000),
+    train_loader = ArrayLoader(train_X, train_y, batch_size, shuffle=True)
+    train(net, train_loader, ArrayLoader(test_X, test_y, 1000),
           num_epochs, lr, ctx, seed=seed, progress=False, plot=False, log=lambda line: None)
+    if settle_batches:
+        settle_moving_statistics(net, train_loader, settle_batches, ctx)
     test_loader = ArrayLoader(test_X, test_y, batch_size)
     return BatchSizeResult(norm, batch_size, lr, accuracy(net, test_loader, ctx),
                            train_mode_accuracy(net, test_loader, ctx))
