@@ -125,3 +125,15 @@ def test_short_run_reports_divergence_and_failures():
     assert blown.diverged and blown.final_acc == 0.1
     assert not ok.diverged and len(ok.test_acc) == 1
     assert E.failures([blown, ok], below=0.0) == [blown]
+
+
+def test_settle_moving_statistics_reaches_the_current_statistics(rng):
+    """After 50 training-mode passes (momentum 0.9) the moving mean is within 1% of the data's
+    batch statistics, starting from 0; the weights do not change."""
+    net = gluon.nn.Sequential()
+    net.add(d2lbn.norm.BatchNorm(3, 2, impl="naive"))
+    net.initialize()
+    X = nd.array(rng.normal([5.0, -2.0, 10.0], 1.0, size=(640, 3)))
+    E.settle_moving_statistics(net, E.ArrayLoader(X, nd.zeros(640), 64), 50, mx.cpu())
+    np.testing.assert_allclose(net[0].moving_mean.data().asnumpy(), X.asnumpy().mean(axis=0), rtol=0.01, atol=0.05)
+    np.testing.assert_array_equal(net[0].gamma.data().asnumpy(), 1)
