@@ -253,15 +253,15 @@ def percentile_drift(result: Figure1Result, start_step: int = 0) -> float:
 
 # ---- 2. learning-rate and initialisation sweeps on LeNet ------------------------------------------------
 
-def lenet_with_norm(norm: Optional[str], activation: str = "relu", impl=IMPL) -> gluon.Block:
+def lenet_with_norm(norm: Optional[str], activation: str = "relu", impl=None) -> gluon.Block:
     """LeNet (``d2lbn.models``) with ``norm`` after every conv/dense layer but the last, before the
     activation: None (plain LeNet), ``'batch'`` (``d2lbn.norm.BatchNorm`` with ``impl``) or
-    ``'layer'`` (``d2lbn.norm.LayerNorm``). X: (N, 1, 28, 28) -> (N, 10)."""
+    ``'layer'`` (``d2lbn.norm.LayerNorm``). X: (N, 1, 28, 28) -> (N, 10). ``impl=None``: :data:`IMPL`."""
     from . import models
     if norm is None:
         return models.lenet(activation)
     if norm == "batch":
-        return models.lenet_bn(activation, impl=impl)
+        return models.lenet_bn(activation, impl=IMPL if impl is None else impl)
     if norm == "layer":
         return models._build(lambda num_features, num_dims: LayerNorm(num_features, num_dims), activation)
     raise ValueError(f"norm must be None, 'batch' or 'layer'; got {norm!r}")
