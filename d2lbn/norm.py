@@ -214,9 +214,9 @@ class BatchNorm(nn.Block):
                                         moving_var, training=training, eps=self.eps,
                                         momentum=self.momentum)
         if training:
-            with autograd.pause():
-                moving_mean[:] = new_mean
-                moving_var[:] = new_var
+            with autograd.pause():          # copyto: same as `[:] =`, without ~60 us of indexing logic
+                new_mean.copyto(moving_mean)
+                new_var.copyto(moving_var)
         return Y
 
     def __repr__(self) -> str:
