@@ -1,18 +1,18 @@
 """A from-scratch batch norm as fast as MXNet's own: the derived backward, and reductions done fast.
 
 ``fast_batch_norm`` has the signature and the results of ``d2lbn.norm.batch_norm``; only the way it
-computes differs. Three changes make it fast (chapter 3 measures each one):
+computes differs. Three changes make it fast (chapter 3 measures them):
 
 1. **The closed-form backward.** In training mode the forward pass runs inside an
    ``autograd.Function`` (:class:`BatchNormTrain`), whose ``backward`` evaluates the compact formula of
-   ``d2lbn.backward.closed_form_backward``: two per-channel sums and one pass over the data, instead
-   of autograd walking back through a dozen broadcasts and reductions.
+   ``d2lbn.backward.backward_closed_form``: two per-channel sums and a few passes over the data,
+   instead of autograd walking back through a dozen broadcasts and reductions.
 2. **Per-channel sums as matrix-vector products** (:func:`channel_sum`). ``X.sum(axis=(0, 2, 3))``
    is a slow strided reduction in MXNet 1.9.1; viewing X: (N, C, H, W) as an (N*C, H*W) matrix and
    multiplying it by a vector of ones uses the BLAS/oneDNN kernel.
-3. **Per-channel scale and shift** (:func:`scale_shift`) as plain broadcasts. (A depthwise 1x1
-   convolution is faster on oneDNN, but its blocked memory layouts corrupted gradients written from a
-   custom ``autograd.Function``; see :func:`scale_shift`.)
+3. **Few full-size arrays** (:func:`scale_shift` and :class:`BatchNormTrain`): per-channel scaling
+   as a broadcast along the rows of that matrix, and results written into buffers already owned
+   (``out=``), because every new full-size array costs an allocation whose first touch is slow.
 
 Shapes: X: (N, D) or (N, C, H, W); every per-feature vector is (D,) or (C,). float32 on any context.
 """
@@ -170,26 +170,45 @@ def channel_sum(X: nd.NDArray, weight: float = 1.0, out: Optional[nd.NDArray] = 
     return nd.dot(_full(N, weight, X.context, X.dtype), X, out=out)
 
 
-def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray],
-                shift: Optional[nd.NDArray] = None) -> nd.NDArray:
+def _per_row(v: nd.NDArray, X: nd.NDArray) -> nd.NDArray:
+    """A per-channel vector v: (C,) laid out to broadcast against ``_rows(X)``."""
+    C = X.shape[1]
+    if X.ndim == 2:
+        return v.reshape((1, C))
+    return nd.tile(v, X.shape[0]).reshape((X.shape[0] * C, 1))    # row n*C + c holds v[c]
+
+
+def _rows(X: nd.NDArray) -> nd.NDArray:
+    """X: (N, D) itself; X: (N, C, H, W) viewed as an (N*C, H*W) matrix (no copy)."""
+    return X if X.ndim == 2 else X.reshape((X.shape[0] * X.shape[1], -1))
+
+
+def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray], shift: Optional[nd.NDArray] = None,
+                out: Optional[nd.NDArray] = None) -> nd.NDArray:
     """``scale[c] * X[:, c] + shift[c]`` for every feature/channel c. X: (N, C) or (N, C, H, W).
 
-    scale, shift: (C,) (scale None means 1, shift None means 0). Returns an array shaped like X;
-    differentiable by autograd in all three arguments. Broadcasting operators with (1, C) or
-    (1, C, 1, 1) operands.
+    scale, shift: (C,) (scale None means 1, shift None means 0). Returns an array shaped like X,
+    written into ``out`` if given (which may be X itself; not while autograd records).
+    Differentiable by autograd.
 
-    Why not a depthwise 1x1 convolution (C groups, weights ``scale``, bias ``shift``), which oneDNN
-    runs in one vectorised pass and which made the layer about 1.8x faster than this? For channel
-    counts that are multiples of 8, oneDNN returns its result in a *blocked* memory layout
-    (nChw8c/nChw16c). Inside a custom ``autograd.Function`` such arrays reached MXNet's gradient
-    buffers without being reordered: X.grad came out wrong (errors of order 1, not 1e-6) and seeded
-    runs stopped repeating, while outputs, dgamma and dbeta stayed right. Broadcasting operators
-    have no oneDNN kernel and always return the plain layout. Correct first, then fast.
+    A broadcast along the rows of a 2-D array: X: (N, C, H, W) is viewed as the (N*C, H*W) matrix
+    whose row n*C + c is scaled by scale[c]. MXNet 1.9.1 runs this about twice as fast as a
+    broadcast with (1, C, 1, 1) operands. (A depthwise 1x1 convolution would be faster still, but
+    oneDNN may return it in a blocked memory layout, and such arrays produced inside a custom
+    ``autograd.Function`` corrupted gradients; the broadcasting operators always return the plain
+    layout.)
     """
-    C = X.shape[1]
-    shape = (1, C) + (1,) * (X.ndim - 2)
-    Y = X if scale is None else nd.broadcast_mul(X, scale.reshape(shape))
-    return Y if shift is None else nd.broadcast_add(Y, shift.reshape(shape))
+    rows = _rows(X)
+    dst = None if out is None else _rows(out)
+    if scale is None and shift is None:
+        Y = rows.copy() if dst is None else rows.copyto(dst)
+    elif scale is None:
+        Y = nd.broadcast_add(rows, _per_row(shift, X), out=dst)
+    else:
+        Y = nd.broadcast_mul(rows, _per_row(scale, X), out=dst)
+        if shift is not None:       # in place (no second buffer) unless autograd records it
+            Y = nd.broadcast_add(Y, _per_row(shift, X), out=None if autograd.is_recording() else Y)
+    return Y.reshape(X.shape) if out is None else out
 
 
 class BatchNormTrain(Function):
@@ -202,9 +221,12 @@ class BatchNormTrain(Function):
 
         dbeta = sum(dy),      dgamma = sum(dy * x_hat),
         dX    = k * (dy - dbeta / m - x_hat * dgamma / m)
-              = k * dy  +  (-k * mean(dy))  +  (x - mean) * (-k / (var + eps) * mean(dy * (x - mean))),
+              = k * dy  +  (-k * mean(dy))  +  (x - mean) * (-k / (var + eps) * mean(dy * (x - mean))).
 
-    the last line as two :func:`scale_shift` passes and one addition.
+    Every full-size array costs a fresh allocation (on the book's machine, first-touch page faults
+    cost more than the arithmetic), so each pass writes into a buffer it already owns where it can:
+    the forward pass uses two full-size buffers (X - mean, kept for the backward pass, and Y), the
+    backward pass two (dX and one temporary), and dX goes straight into MXNet's gradient buffer.
     """
 
     def __init__(self, eps: float):
@@ -215,12 +237,13 @@ class BatchNormTrain(Function):
         m = X.size // X.shape[1]
         neg_mean = channel_sum(X, -1.0 / m)
         Xc = scale_shift(X, None, neg_mean)                                    # X - mean
-        var = channel_sum(nd.square(Xc), 1.0 / m)
+        Y = nd.square(Xc)                                                      # (reused for Y below)
+        var = channel_sum(Y, 1.0 / m)
         inv_std = nd.rsqrt(var + self.eps)
         k = gamma * inv_std
         self.neg_mean, self.var = neg_mean, var
         self.save_for_backward(Xc, inv_std, k)
-        return scale_shift(Xc, k, beta)
+        return scale_shift(Xc, k, beta, out=Y)          # MXNet runs it after channel_sum has read Y
 
     @property
     def mean(self) -> nd.NDArray:
@@ -231,17 +254,15 @@ class BatchNormTrain(Function):
         Xc, inv_std, k = self.saved_tensors
         m = Xc.size // Xc.shape[1]
         dbeta = channel_sum(dY, out=self.grad_buffer(2))                       # sum(dy)
-        dgamma = nd.elemwise_mul(channel_sum(dY * Xc), inv_std,                 # sum(dy * x_hat)
-                                 out=self.grad_buffer(1))
+        T = nd.elemwise_mul(dY, Xc)
+        dgamma = nd.elemwise_mul(channel_sum(T), inv_std, out=self.grad_buffer(1))   # sum(dy x_hat)
         if self.grad_req(0) == "null":                                         # X needs no gradient
             return None, dgamma, dbeta
         shift = k * dbeta * (-1.0 / m)                                         # -k * mean(dy)
         a = k * inv_std * dgamma * (-1.0 / m)                                  # -k * mean(dy x_hat) / std
-        # Not out=self.grad_buffer(0): for C % 8 == 0 oneDNN keeps these results in a blocked layout
-        # (nChw8c/16c) that a direct write into MXNet's gradient buffer leaves un-reordered, so X.grad
-        # came out wrong (found by the LeNet chapter's tests). The Function's copy-back reorders it.
-        dX = scale_shift(dY, k, shift) + scale_shift(Xc, a)
-        return dX, dgamma, dbeta
+        dX = scale_shift(dY, k, shift, out=self.grad_buffer(0))    # straight into X.grad if we may
+        scale_shift(Xc, a, out=T)                                              # T is free again
+        return nd.elemwise_add(dX, T, out=dX), dgamma, dbeta
 
 
 def moving_average(moving: nd.NDArray, batch: nd.NDArray, momentum: float,

@@ -1,0 +1,172 @@
+"""Timing and profiling helpers for chapter 3 and ``benchmarks/bench_norm.py``.
+
+MXNet runs operators asynchronously: a Python call only *queues* work. Every timing here therefore
+ends with ``nd.waitall()``, and competing implementations are timed *interleaved* (A, B, A, B, ...)
+so that a busy machine slows them alike; results are medians over repetitions.
+"""
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+
+__all__ = ["interleaved_ms", "layer_step", "Row", "format_table", "compare_layers",
+           "operator_profile", "train_epoch_seconds"]
+
+
+def interleaved_ms(fns: Dict[str, Callable[[], object]], reps: int = 15, inner: int = 1,
+                   warmup: int = 2) -> Dict[str, List[float]]:
+    """Milliseconds per call of each function, measured ``reps`` times, interleaved.
+
+    Each measurement runs a function ``inner`` times and then ``nd.waitall()``; returns, per name,
+    the list of ``reps`` per-call times (take the median).
+    """
+    if reps < 1 or inner < 1:
+        raise ValueError(f"reps and inner must be >= 1; got reps={reps}, inner={inner}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+        nd.waitall()
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            nd.waitall()
+            times[name].append((time.perf_counter() - start) / inner * 1e3)
+    return times
+
+
+def layer_step(layer: gluon.Block, X: nd.NDArray, dY: nd.NDArray) -> Callable[[], None]:
+    """One training-mode forward and backward pass of ``layer`` on X with head gradient dY.
+
+    X gets a gradient buffer, so the backward pass computes dX as it would inside a network.
+    """
+    X = X.copy()
+    X.attach_grad()
+
+    def step() -> None:
+        with autograd.record():
+            Y = layer(X)
+        Y.backward(dY)
+    return step
+
+
+@dataclass
+class Row:
+    """One line of a timing table: ``ours_ms`` and ``mxnet_ms`` are medians; ``ratio`` = ours / MXNet."""
+    case: str
+    ours_ms: float
+    mxnet_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_ms / self.mxnet_ms
+
+
+def format_table(rows: Sequence[Row], unit: str = "ms") -> str:
+    """A plain-text table with columns case, ours, MXNet, ratio."""
+    width = max([len("case")] + [len(r.case) for r in rows])
+    lines = [f"{'case':<{width}}  {'ours ' + unit:>10}  {'MXNet ' + unit:>10}  {'ratio':>6}",
+             f"{'-' * width}  {'-' * 10}  {'-' * 10}  {'-' * 6}"]
+    for r in rows:
+        lines.append(f"{r.case:<{width}}  {r.ours_ms:>10.2f}  {r.mxnet_ms:>10.2f}  {r.ratio:>5.2f}x")
+    return "\n".join(lines)
+
+
+def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("fast",), reps: int = 15,
+                   ctx: Optional[mx.Context] = None, seed: int = 0) -> List[Row]:
+    """Forward+backward time of ``d2lbn.norm.BatchNorm(impl=...)`` against ``gluon.nn.BatchNorm``.
+
+    For every shape (N, D) or (N, C, H, W) and every implementation name, one :class:`Row`; all
+    layers of one shape are timed interleaved on the same input and head gradient.
+    """
+    from .norm import BatchNorm
+    ctx = ctx or mx.cpu()
+    rows = []
+    for shape in shapes:
+        mx.random.seed(seed)
+        C = shape[1]
+        X = nd.random.normal(1.0, 2.0, shape=shape, ctx=ctx)
+        dY = nd.random.normal(shape=shape, ctx=ctx)
+        theirs = gluon.nn.BatchNorm(in_channels=C)
+        theirs.initialize(ctx=ctx)
+        fns = {"mxnet": layer_step(theirs, X, dY)}
+        for impl in impls:
+            ours = BatchNorm(C, len(shape), impl=impl)
+            ours.initialize(ctx=ctx)
+            fns[impl] = layer_step(ours, X, dY)
+        # the per-call cost decides how many calls make one measurement (keep each >= ~5 ms)
+        probe = interleaved_ms({"mxnet": fns["mxnet"]}, reps=3, inner=1)["mxnet"]
+        inner = max(1, int(5.0 / max(statistics.median(probe), 1e-3)))
+        times = interleaved_ms(fns, reps=reps, inner=inner)
+        mxnet_ms = statistics.median(times["mxnet"])
+        for impl in impls:
+            rows.append(Row(f"{impl} layer fwd+bwd {shape}", statistics.median(times[impl]), mxnet_ms))
+    return rows
+
+
+_PROFILE_LINE = re.compile(r"^(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
+
+
+def operator_profile(fn: Callable[[], object], reps: int = 5, top: int = 10
+                     ) -> List[Tuple[str, int, float]]:
+    """Run ``fn`` ``reps`` times under MXNet's profiler; return the ``top`` operators by total time.
+
+    Each entry is ``(operator, calls per run, milliseconds per run)``, largest time first. Operators
+    named ``_backward_X`` are the backward passes autograd runs for ``X``.
+    """
+    fn()
+    nd.waitall()
+    trace = os.path.join(tempfile.gettempdir(), f"d2lbn_profile_{os.getpid()}.json")
+    mx.profiler.set_config(profile_imperative=True, aggregate_stats=True, filename=trace)
+    mx.profiler.set_state("run")
+    for _ in range(reps):
+        fn()
+    nd.waitall()
+    mx.profiler.set_state("stop")
+    text = mx.profiler.dumps(reset=True)
+    section = text.split("operator\n", 1)[1] if "operator\n" in text else ""
+    stats = []
+    for line in section.splitlines():
+        match = _PROFILE_LINE.match(line.strip())
+        if match and match.group(1) not in ("DeleteVariable", "WaitForVar"):
+            name, count, total = match.group(1), int(match.group(2)), float(match.group(3))
+            stats.append((name, round(count / reps), total / reps))
+    stats.sort(key=lambda s: -s[2])
+    return stats[:top]
+
+
+def train_epoch_seconds(net: gluon.Block, train_iter, lr: float = 0.05, momentum: float = 0.9,
+                        max_batches: Optional[int] = None, ctx: Optional[mx.Context] = None) -> float:
+    """Wall-clock seconds of one training epoch (data loading, forward, backward, SGD step).
+
+    ``net`` must be initialised on ``ctx``. The loss is read back every batch, as a training loop
+    that reports it does, and the time ends after ``nd.waitall()``. ``max_batches`` cuts the epoch
+    short (for quick runs).
+    """
+    from .train import make_trainer
+    ctx = ctx or mx.cpu()
+    trainer = make_trainer(net, lr, momentum)
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+    nd.waitall()
+    start = time.perf_counter()
+    for i, (X, y) in enumerate(train_iter):
+        if max_batches is not None and i >= max_batches:
+            break
+        X, y = X.as_in_context(ctx), y.as_in_context(ctx)
+        with autograd.record():
+            l = loss(net(X), y)
+        l.backward()
+        trainer.step(X.shape[0])
+        l.mean().asscalar()
+    nd.waitall()
+    return time.perf_counter() - start
