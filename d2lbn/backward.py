@@ -18,7 +18,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 
 __all__ = ["stat_axes", "forward_staged", "backward_staged", "backward_closed_form",
-           "numerical_gradient", "relative_error", "gradient_check"]
+           "numerical_gradient", "relative_error", "gradient_check", "draw_graph"]
 
 
 def stat_axes(x: np.ndarray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -164,3 +164,36 @@ def gradient_check(backward: Callable[..., Tuple[np.ndarray, np.ndarray, np.ndar
         "dgamma": relative_error(dgamma, numerical_gradient(lambda v: loss(x, v, beta), gamma, h)),
         "dbeta": relative_error(dbeta, numerical_gradient(lambda v: loss(x, gamma, v), beta, h)),
     }
+
+
+#: The nodes of :func:`forward_staged`'s graph: (name, label, column, row) for :func:`draw_graph`.
+GRAPH_NODES = [
+    ("x", r"$x$", 0, 1), ("mu", r"$\mu$", 1, 2), ("xmu", r"$x-\mu$", 2, 1), ("sq", r"$(x-\mu)^2$", 3, 2),
+    ("var", r"$\sigma^2$", 4, 2), ("std", r"$\sqrt{\sigma^2+\epsilon}$", 5, 2),
+    ("inv_std", r"$1/\sqrt{\cdot}$", 6, 2), ("x_hat", r"$\hat{x}$", 7, 1),
+    ("gamma", r"$\gamma$", 7, 0), ("beta", r"$\beta$", 8, 0), ("y", r"$y$", 8.8, 1),
+]
+#: Edges (from, to) of the same graph; x feeds mu and xmu, xmu feeds sq and x_hat.
+GRAPH_EDGES = [("x", "mu"), ("x", "xmu"), ("mu", "xmu"), ("xmu", "sq"), ("sq", "var"), ("var", "std"),
+               ("std", "inv_std"), ("inv_std", "x_hat"), ("xmu", "x_hat"), ("x_hat", "y"),
+               ("gamma", "y"), ("beta", "y")]
+
+
+def draw_graph(ax=None):
+    """Draw the computational graph of :func:`forward_staged` (nodes 1-8) with matplotlib; returns ax."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 2.8))
+    pos = {name: (col, row) for name, _, col, row in GRAPH_NODES}
+    for a, b in GRAPH_EDGES:
+        ax.annotate("", xy=pos[b], xytext=pos[a],
+                    arrowprops=dict(arrowstyle="-|>", color="0.35", shrinkA=17, shrinkB=17, lw=1.2))
+    for name, label, col, row in GRAPH_NODES:
+        param = name in ("gamma", "beta")
+        ax.text(col, row, label, ha="center", va="center", fontsize=12,
+                bbox=dict(boxstyle="round,pad=0.4", fc="#fde9c9" if param else "#dbe9f6",
+                          ec="#c77c02" if param else "#2c6aa0"))
+    ax.set_xlim(-0.6, 9.4)
+    ax.set_ylim(-0.6, 2.6)
+    ax.axis("off")
+    return ax
