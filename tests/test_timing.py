@@ -1,0 +1,92 @@
+"""d2lbn.timing (the helpers behind chapter 3's tables and benchmarks/bench_norm.py), and the graph figure."""
+import importlib.util
+import pathlib
+
+import matplotlib
+import pytest
+import mxnet as mx
+from mxnet import gluon, nd
+
+matplotlib.use("Agg")
+
+from d2lbn.backward import GRAPH_EDGES, GRAPH_NODES, draw_graph
+from d2lbn.timing import (Row, compare_layers, format_table, interleaved_ms, layer_step,
+                          operator_profile, train_epoch_seconds)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_row_and_table():
+    rows = [Row("a", 30.0, 10.0), Row("longer case", 1.5, 0.5)]
+    assert rows[0].ratio == 3.0
+    table = format_table(rows).splitlines()
+    assert table[0].split() == ["case", "ours", "ms", "MXNet", "ms", "ratio"]
+    assert table[2].split() == ["a", "30.00", "10.00", "3.00x"]
+    assert table[3].endswith("3.00x") and len({len(line) for line in table}) == 1
+
+
+def test_interleaved_ms_calls_each_function_and_checks_arguments():
+    calls = {"a": 0, "b": 0}
+
+    def count(name):
+        def fn():
+            calls[name] += 1
+        return fn
+    times = interleaved_ms({"a": count("a"), "b": count("b")}, reps=3, inner=2, warmup=1)
+    assert calls == {"a": 7, "b": 7} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+    with pytest.raises(ValueError, match="reps and inner must be >= 1"):
+        interleaved_ms({"a": count("a")}, reps=0)
+
+
+def test_layer_step_computes_the_input_gradient():
+    layer = gluon.nn.BatchNorm(in_channels=3)
+    layer.initialize()
+    step = layer_step(layer, nd.random.normal(shape=(8, 3)), nd.ones((8, 3)))
+    step()
+    assert layer.gamma.grad().shape == (3,)
+
+
+def test_compare_layers_rows():
+    rows = compare_layers([(16, 4), (4, 3, 5, 5)], impls=("fast", "naive"), reps=1)
+    assert [r.case for r in rows] == ["fast layer fwd+bwd (16, 4)", "naive layer fwd+bwd (16, 4)",
+                                      "fast layer fwd+bwd (4, 3, 5, 5)", "naive layer fwd+bwd (4, 3, 5, 5)"]
+    assert all(r.ours_ms > 0 and r.mxnet_ms > 0 for r in rows)
+
+
+def test_operator_profile_names_the_operators():
+    X = nd.random.normal(shape=(64, 32))
+    stats = operator_profile(lambda: nd.dot(X, X.T).sum(), reps=2)
+    names = [name for name, _, _ in stats]
+    assert "dot" in names and "sum" in names
+    assert all(calls == 1 and ms >= 0 for _, calls, ms in stats)
+
+
+def test_train_epoch_seconds_stops_after_max_batches():
+    seen = []
+
+    def batches():
+        for i in range(10):
+            seen.append(i)
+            yield nd.random.uniform(shape=(4, 1, 28, 28)), nd.array([0, 1, 2, 3])
+    net = gluon.nn.Dense(10)
+    net.initialize()
+    seconds = train_epoch_seconds(net, batches(), max_batches=3, ctx=mx.cpu())
+    assert seconds > 0 and seen == [0, 1, 2, 3]      # the 4th batch is fetched, then the loop stops
+
+
+def test_draw_graph():
+    ax = draw_graph()
+    labels = [t.get_text() for t in ax.texts if t.get_text()]      # arrows are empty annotations
+    assert labels == [label for _, label, _, _ in GRAPH_NODES]
+    names = {name for name, *_ in GRAPH_NODES}
+    assert all(a in names and b in names for a, b in GRAPH_EDGES)
+
+
+def test_benchmark_script_runs(capsys):
+    spec = importlib.util.spec_from_file_location("bench_norm", ROOT / "benchmarks" / "bench_norm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.LAYER_SHAPES = [(16, 4), (4, 3, 5, 5)]
+    assert bench.main(["--quick", "--no-lenet", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "fast layer fwd+bwd (4, 3, 5, 5)" in out and "ratio" in out
