@@ -4,12 +4,13 @@ Prints one table, ``case | ours ms | MXNet ms | ratio``:
 
 * the layer, forward + backward in training mode, ``d2lbn.norm.BatchNorm`` (fast path, and the naive
   one for reference) against ``gluon.nn.BatchNorm`` on the same input: (256, 20, 24, 24) and (256, 128);
-* one training epoch of Fashion-MNIST (data loading, forward, backward, SGD step; the book's batch
-  size and optimizer from ``d2lbn.train.lenet_settings``): LeNet with the from-scratch layer
-  (imperative, as the book trains it) against the *hybridized* Gluon LeNet with ``gluon.nn.BatchNorm``.
+* one training epoch of Fashion-MNIST (data loading, forward, backward, SGD step; the optimizer from
+  ``d2lbn.train.lenet_settings``, batches of 128 as in the book and of 256): LeNet with the
+  from-scratch layer (imperative, as the book trains it) against the *hybridized* Gluon LeNet with
+  ``gluon.nn.BatchNorm``.
 
 Timings are medians of interleaved repetitions, so a busy machine slows both sides alike; ratios from
-the same run are what to compare. About 2-4 minutes on a 2-core CPU (``--quick``: well under one).
+the same run are what to compare. About 2-3 minutes on a 2-core CPU (``--quick``: well under one).
 
 Usage: python benchmarks/bench_norm.py [--quick] [--reps N] [--no-lenet] [--lenet-naive]
 """
@@ -30,10 +31,10 @@ from d2lbn.train import fashion_mnist_iters, lenet_settings
 LAYER_SHAPES = [(256, 20, 24, 24), (256, 128)]
 
 
-def lenet_rows(max_batches, naive: bool, repeats: int) -> list:
+def lenet_rows(max_batches, naive: bool, repeats: int, batch_size: int) -> list:
     """One epoch (or ``max_batches``) of each net, alternating, ``repeats`` times; medians."""
     settings = lenet_settings(quick=False)
-    train_iter, _ = fashion_mnist_iters(settings.batch_size)
+    train_iter, _ = fashion_mnist_iters(batch_size)
     nets = {"fast": lambda: models.lenet_bn(impl="fast"),
             "gluon": models.lenet_bn_gluon}
     if naive:
@@ -50,9 +51,9 @@ def lenet_rows(max_batches, naive: bool, repeats: int) -> list:
                                                      max_batches=max_batches))
     med = {name: sorted(v)[len(v) // 2] for name, v in seconds.items()}
     what = "epoch" if max_batches is None else f"{max_batches} batches"
-    rows = [Row(f"LeNet-BN {what}, batch {settings.batch_size} (s)", med["fast"], med["gluon"])]
+    rows = [Row(f"LeNet-BN {what}, batch {batch_size} (s)", med["fast"], med["gluon"])]
     if naive:
-        rows.append(Row(f"naive LeNet-BN {what}, batch {settings.batch_size} (s)", med["naive"], med["gluon"]))
+        rows.append(Row(f"naive LeNet-BN {what}, batch {batch_size} (s)", med["naive"], med["gluon"]))
     return rows
 
 
@@ -72,7 +73,10 @@ def main(argv=None) -> int:
     rows = compare_layers(LAYER_SHAPES, impls=("fast", "naive"), reps=reps)
     print(format_table(rows), flush=True)
     if not args.no_lenet:
-        lenet = lenet_rows(60 if quick else None, args.lenet_naive, repeats=1 if quick else 2)
+        lenet = []
+        for batch_size in (lenet_settings(quick=False).batch_size, 256):     # the book's, and 256
+            lenet += lenet_rows(60 if quick else None, args.lenet_naive, repeats=1 if quick else 2,
+                                batch_size=batch_size)
         print()
         print(format_table(lenet, unit="s"))
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
