@@ -25,6 +25,7 @@ from ctypes import CFUNCTYPE, POINTER, c_int, c_void_p, cast
 from typing import Dict, Optional, Tuple
 
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, nd
 from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_array, check_call)
 
@@ -286,13 +287,16 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     """``d2lbn.norm.batch_norm``, fast: same arguments, checks, results and ``(Y, new_moving_mean,
     new_moving_var)``; gradients to X, gamma and beta under ``autograd.record()``.
 
-    X: (N, D) or (N, C, H, W), float32; gamma, beta, moving_mean, moving_var: (D,) or (C,) on X's
+    X: (N, D) or (N, C, H, W), float32 (or float64); gamma, beta, moving_mean, moving_var: (D,) or (C,) on X's
     context. Training mode runs :class:`BatchNormTrain` (closed-form backward); inference mode is
     one :func:`scale_shift`, which autograd differentiates directly.
     """
     _norm.check_norm_inputs(X, eps, gamma=gamma, beta=beta, moving_mean=moving_mean,
                             moving_var=moving_var)
     _norm.check_momentum(momentum)
+    if X.dtype == np.float16 and X.context.device_type == "cpu":
+        raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet 1.9.1 has no CPU "
+                        "float16 FullyConnected); cast X and the vectors, or use impl='naive'")
     if not isinstance(training, bool):
         raise TypeError(f"training must be True or False, got {training!r}")
     if not training:

@@ -285,6 +285,20 @@ def test_same_errors_as_naive(bad, error, match):
             fn(**args)
 
 
+def test_float64_works_and_cpu_float16_is_refused():
+    _, a = problem((6, 3, 5, 4), seed=14)
+    a64 = {k: v.astype("float64") for k, v in a.items()}
+    Y, new_mean, _ = fast_batch_norm(a64["x"], a64["gamma"], a64["beta"], a64["moving_mean"],
+                                     a64["moving_var"], training=True)
+    assert Y.dtype == np.float64
+    ref = numpy_batch_norm(*(a64[k].asnumpy() for k in ("x", "gamma", "beta")))[0]
+    assert rel_err(Y, ref) < 1e-10
+    a16 = {k: v.astype("float16") for k, v in a.items()}
+    with pytest.raises(TypeError, match="float32 or float64 on the CPU"):
+        fast_batch_norm(a16["x"], a16["gamma"], a16["beta"], a16["moving_mean"], a16["moving_var"],
+                        training=True)
+
+
 def test_registered_as_the_default():
     assert norm.IMPLEMENTATIONS["fast"] is fast_batch_norm
     assert norm.IMPLEMENTATIONS["naive"] is batch_norm
