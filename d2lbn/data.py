@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import mxnet as mx
 from mxnet import gluon, nd
 
 __all__ = [

@@ -11,9 +11,8 @@ the same layout as MXNet's own ``gluon.nn.BatchNorm`` parameters, so weights can
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
-import mxnet as mx
 from mxnet import autograd, init, nd
 from mxnet.gluon import nn
 
@@ -161,6 +160,40 @@ def get_impl(impl: Union[None, str, BatchNormFunction] = None) -> BatchNormFunct
     return IMPLEMENTATIONS[impl]
 
 
+def check_layer_args(num_features: int, num_dims: int, eps: float) -> None:
+    """Validate a normalization layer's constructor arguments (shared by every layer in d2lbn)."""
+    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
+        raise ValueError(f"num_features must be a positive int; got {num_features!r}")
+    if num_dims not in (2, 4) or isinstance(num_dims, bool):
+        raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
+
+
+def check_layer_input(layer: nn.Block, X: nd.NDArray) -> None:
+    """Raise unless X is an NDArray of the layer's rank with ``layer.num_features`` on axis 1."""
+    if not isinstance(X, nd.NDArray):
+        raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
+    if X.ndim != layer.num_dims or X.shape[1] != layer.num_features:
+        expected = "(N, %d)" % layer.num_features if layer.num_dims == 2 else \
+            "(N, %d, H, W)" % layer.num_features
+        raise ValueError(f"{layer.name} expects X of shape {expected}; got shape {X.shape}")
+
+
+def add_norm_params(layer: nn.Block, num_features: int, moving: bool = True) -> None:
+    """Give ``layer`` gamma (init 1) and beta (init 0), trained, and, if ``moving``, moving_mean
+    (init 0) and moving_var (init 1), not trained; each (num_features,), as in gluon.nn.BatchNorm."""
+    shape = (num_features,)
+    with layer.name_scope():
+        layer.gamma = layer.params.get("gamma", shape=shape, init=init.One())
+        layer.beta = layer.params.get("beta", shape=shape, init=init.Zero())
+        if moving:
+            layer.moving_mean = layer.params.get("moving_mean", shape=shape, init=init.Zero(),
+                                                 grad_req="null", differentiable=False)
+            layer.moving_var = layer.params.get("moving_var", shape=shape, init=init.One(),
+                                                grad_req="null", differentiable=False)
+
+
 class BatchNorm(nn.Block):
     """Batch normalization layer built on ``batch_norm``, with the parameter layout of ``gluon.nn.BatchNorm``.
 
@@ -180,33 +213,16 @@ class BatchNorm(nn.Block):
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9,
                  impl: Union[None, str, BatchNormFunction] = None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"num_features must be a positive int; got {num_features!r}")
-        if num_dims not in (2, 4) or isinstance(num_dims, bool):
-            raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
+        check_layer_args(num_features, num_dims, eps)
         check_momentum(momentum)
         self.num_features, self.num_dims = num_features, num_dims
         self.eps, self.momentum = float(eps), float(momentum)
         self.impl = DEFAULT_IMPL if impl is None else impl
         self._fn = get_impl(self.impl)
-        shape = (num_features,)
-        with self.name_scope():
-            self.gamma = self.params.get("gamma", shape=shape, init=init.One())
-            self.beta = self.params.get("beta", shape=shape, init=init.Zero())
-            self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                               grad_req="null", differentiable=False)
-            self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
-                                              grad_req="null", differentiable=False)
+        add_norm_params(self, num_features)
 
     def forward(self, X: nd.NDArray) -> nd.NDArray:
-        if not isinstance(X, nd.NDArray):
-            raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
-        if X.ndim != self.num_dims or X.shape[1] != self.num_features:
-            expected = "(N, %d)" % self.num_features if self.num_dims == 2 else \
-                "(N, %d, H, W)" % self.num_features
-            raise ValueError(f"{self.name} expects X of shape {expected}; got shape {X.shape}")
+        check_layer_input(self, X)
         ctx = X.context
         moving_mean, moving_var = self.moving_mean.data(ctx), self.moving_var.data(ctx)
         training = autograd.is_training()
@@ -258,24 +274,12 @@ class LayerNorm(nn.Block):
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"num_features must be a positive int; got {num_features!r}")
-        if num_dims not in (2, 4) or isinstance(num_dims, bool):
-            raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
+        check_layer_args(num_features, num_dims, eps)
         self.num_features, self.num_dims, self.eps = num_features, num_dims, float(eps)
-        with self.name_scope():
-            self.gamma = self.params.get("gamma", shape=(num_features,), init=init.One())
-            self.beta = self.params.get("beta", shape=(num_features,), init=init.Zero())
+        add_norm_params(self, num_features, moving=False)
 
     def forward(self, X: nd.NDArray) -> nd.NDArray:
-        if not isinstance(X, nd.NDArray):
-            raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
-        if X.ndim != self.num_dims or X.shape[1] != self.num_features:
-            expected = "(N, %d)" % self.num_features if self.num_dims == 2 else \
-                "(N, %d, H, W)" % self.num_features
-            raise ValueError(f"{self.name} expects X of shape {expected}; got shape {X.shape}")
+        check_layer_input(self, X)
         ctx = X.context
         return layer_norm(X, self.gamma.data(ctx), self.beta.data(ctx), self.eps)
 

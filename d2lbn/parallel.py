@@ -20,7 +20,6 @@ Contexts may be GPUs (``mx.gpu(0)``, ``mx.gpu(1)``) or, to try it all on one mac
 """
 from __future__ import annotations
 
-import numbers
 import threading
 from typing import List, Sequence, Tuple
 
@@ -28,7 +27,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, init, nd
 from mxnet.gluon import nn
 
-from .norm import check_momentum, check_norm_inputs
+from .norm import add_norm_params, check_layer_args, check_momentum, check_norm_inputs
 
 __all__ = ["split_batch", "all_reduce_sum", "sync_moments", "sync_batch_norm", "SyncBatchNorm",
            "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "in_threads", "data_parallel_step",
@@ -163,22 +162,10 @@ class SyncBatchNorm(nn.Block):
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"num_features must be a positive int; got {num_features!r}")
-        if num_dims not in (2, 4) or isinstance(num_dims, bool):
-            raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
-        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-            raise ValueError(f"eps must be > 0; got {eps!r}")
+        check_layer_args(num_features, num_dims, eps)
         check_momentum(momentum)
         self.num_features, self.num_dims, self.eps, self.momentum = num_features, num_dims, float(eps), float(momentum)
-        shape = (num_features,)
-        with self.name_scope():
-            self.gamma = self.params.get("gamma", shape=shape, init=init.One())
-            self.beta = self.params.get("beta", shape=shape, init=init.Zero())
-            self.moving_mean = self.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                               grad_req="null", differentiable=False)
-            self.moving_var = self.params.get("moving_var", shape=shape, init=init.One(),
-                                              grad_req="null", differentiable=False)
+        add_norm_params(self, num_features)
 
     def forward(self, Xs: Sequence[nd.NDArray]) -> List[nd.NDArray]:
         if isinstance(Xs, nd.NDArray):
