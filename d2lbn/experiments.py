@@ -24,6 +24,7 @@ from mxnet import autograd, gluon, init as mx_init, nd
 from mxnet.gluon import nn
 
 from .norm import BatchNorm, LayerNorm
+from .train import evaluate_accuracy
 from .repro import set_seed
 
 __all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statistics",
@@ -107,16 +108,9 @@ def frozen_moving_statistics(net: gluon.Block):
                 d[:] = v
 
 
-def accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
-    """Fraction of correct predictions over ``loader``, in inference mode (moving statistics)."""
-    correct, total = 0.0, 0
-    for X, y in loader:
-        X, y = X.as_in_context(ctx), y.as_in_context(ctx)
-        correct += float((net(X).argmax(axis=1) == y.astype("float32")).sum().asscalar())
-        total += X.shape[0]
-    if total == 0:
-        raise ValueError("loader yielded no examples")
-    return correct / total
+#: Fraction of correct predictions over a loader, in inference mode (moving statistics): the
+#: training loop's own ``d2lbn.train.evaluate_accuracy``, under the short name these experiments use.
+accuracy = evaluate_accuracy
 
 
 def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:

@@ -291,22 +291,14 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     context. Training mode runs :class:`BatchNormTrain` (closed-form backward); inference mode is
     one :func:`scale_shift`, which autograd differentiates directly.
     """
-    _norm.check_norm_inputs(X, eps, gamma=gamma, beta=beta, moving_mean=moving_mean,
-                            moving_var=moving_var)
-    _norm.check_momentum(momentum)
+    _norm.check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
+                                moving_mean=moving_mean, moving_var=moving_var)
     if X.dtype == np.float16 and X.context.device_type == "cpu":
         raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet 1.9.1 has no CPU "
                         "float16 FullyConnected); cast X and the vectors, or use impl='naive'")
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be True or False, got {training!r}")
     if not training:
         k = gamma * nd.rsqrt(moving_var + eps)
         return scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(), moving_var.detach()
-    if X.size // X.shape[1] == 1:
-        raise ValueError(
-            f"training-mode batch norm needs more than one value per feature/channel to estimate a "
-            f"variance; X of shape {X.shape} has one (its variance is 0, so the output would be exactly "
-            f"beta whatever the input). Use a larger batch, or training=False to use the moving statistics")
     fn = BatchNormTrain(eps)
     Y = fn(X, gamma, beta)
     with autograd.pause():

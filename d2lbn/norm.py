@@ -17,7 +17,7 @@ from mxnet import autograd, init, nd
 from mxnet.gluon import nn
 
 __all__ = ["pure_batch_norm", "reduction_axes", "check_norm_inputs",
-           "batch_norm", "check_momentum", "BatchNorm", "IMPLEMENTATIONS", "DEFAULT_IMPL", "get_impl"]
+           "batch_norm", "check_momentum", "check_batch_norm_args", "BatchNorm", "IMPLEMENTATIONS", "DEFAULT_IMPL", "get_impl"]
 
 
 def reduction_axes(X: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -87,6 +87,23 @@ def check_momentum(momentum: float) -> None:
             f"momentum=0.1 means momentum=0.9 here); got {momentum!r}")
 
 
+def check_batch_norm_args(X: nd.NDArray, eps: float, momentum: float, training: bool,
+                          **vectors: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Every check of ``batch_norm``'s arguments (shared by each implementation); returns
+    ``reduction_axes(X)``. In training mode a batch with one value per feature/channel (N == 1 for
+    (N, D), N*H*W == 1 for 4-D) is refused: its variance is 0 and the output would be exactly beta."""
+    axes, param_shape = check_norm_inputs(X, eps, **vectors)
+    check_momentum(momentum)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    if training and X.size // X.shape[1] == 1:      # values per feature/channel: N or N*H*W
+        raise ValueError(
+            f"training-mode batch norm needs more than one value per feature/channel to estimate a "
+            f"variance; X of shape {X.shape} has one (its variance is 0, so the output would be exactly "
+            f"beta whatever the input). Use a larger batch, or training=False to use the moving statistics")
+    return axes, param_shape
+
+
 def batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
                eps: float = 1e-5, momentum: float = 0.9
@@ -107,21 +124,12 @@ def batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     The returned moving statistics carry no autograd history (they are never differentiated), and
     the inputs are not modified: the caller stores the new values (``moving_mean[:] = new``).
     """
-    axes, param_shape = check_norm_inputs(X, eps, gamma=gamma, beta=beta,
-                                          moving_mean=moving_mean, moving_var=moving_var)
-    check_momentum(momentum)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be True or False, got {training!r}")
+    axes, param_shape = check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
+                                              moving_mean=moving_mean, moving_var=moving_var)
     if not training:
         X_hat = (X - moving_mean.reshape(param_shape)) / nd.sqrt(moving_var.reshape(param_shape) + eps)
         return (gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape),
                 moving_mean.detach(), moving_var.detach())
-    m = X.size // X.shape[1]                      # values per feature/channel: N or N*H*W
-    if m == 1:
-        raise ValueError(
-            f"training-mode batch norm needs more than one value per feature/channel to estimate a "
-            f"variance; X of shape {X.shape} has one (its variance is 0, so the output would be exactly "
-            f"beta whatever the input). Use a larger batch, or training=False to use the moving statistics")
     mean = X.mean(axis=axes, keepdims=True)
     var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
     X_hat = (X - mean) / nd.sqrt(var + eps)
