@@ -30,20 +30,25 @@ def _need(name: str, value, shape: Tuple[int, ...]) -> None:
 def fold_batch_norm(weight: nd.NDArray, bias: Optional[nd.NDArray], gamma: nd.NDArray,
                     beta: nd.NDArray, moving_mean: nd.NDArray, moving_var: nd.NDArray,
                     eps: float = 1e-5) -> Tuple[nd.NDArray, nd.NDArray]:
-    """Return ``(folded_weight, folded_bias)`` of one layer equal to layer-then-inference-batch-norm.
+    """``(folded_weight, folded_bias)`` of one layer equal to layer, then inference BN.
 
-    weight: (C_out, C_in) for ``gluon.nn.Dense`` or (C_out, C_in, kh, kw) for ``gluon.nn.Conv2D``
-    (Gluon's layouts: output channels first); bias: (C_out,) or None (a layer with use_bias=False);
-    gamma, beta, moving_mean, moving_var: (C_out,). The folded bias is always returned, (C_out,).
+    weight: (C_out, C_in) for ``gluon.nn.Dense`` or (C_out, C_in, kh, kw) for
+    ``gluon.nn.Conv2D`` (Gluon's layouts: output channels first); bias: (C_out,) or None
+    (a layer with use_bias=False); gamma, beta, moving_mean, moving_var: (C_out,).
+    The folded bias is always returned, (C_out,).
     """
     if not isinstance(weight, nd.NDArray) or weight.ndim < 2:
-        raise ValueError("weight must be an NDArray with output channels first, (C_out, C_in) or "
-                         f"(C_out, C_in, kh, kw); got {getattr(weight, 'shape', type(weight).__name__)}")
+        got = getattr(weight, 'shape', type(weight).__name__)
+        raise ValueError("weight must be an NDArray with output channels first, "
+                         f"(C_out, C_in) or (C_out, C_in, kh, kw); got {got}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0; got {eps!r}")
     c_out = weight.shape[0]
-    for name, value in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
-                        ("moving_var", moving_var)) + ((("bias", bias),) if bias is not None else ()):
+    vectors = [("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
+               ("moving_var", moving_var)]
+    if bias is not None:
+        vectors.append(("bias", bias))
+    for name, value in vectors:
         _need(name, value, (c_out,))
     scale = gamma / nd.sqrt(moving_var + eps)                       # (C_out,)
     folded_weight = weight * scale.reshape((c_out,) + (1,) * (weight.ndim - 1))
