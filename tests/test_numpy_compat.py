@@ -41,3 +41,21 @@ def test_mxnet_imports_after_d2lbn_but_not_alone_on_new_numpy():
         assert alone.returncode != 0 and "bool" in alone.stderr, alone.stderr
     else:
         assert alone.returncode == 0, alone.stderr
+
+
+def colab_cell(path: str) -> str:
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, path), encoding="utf-8") as f:
+        blocks = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "%pip install" in b]
+    assert len(blocks) == 1, f"{path}: expected one Colab cell, found {len(blocks)}"
+    return blocks[0]
+
+
+def test_colab_cell_is_one_cell_in_readme_and_intro():
+    """The cell the README and the book's intro tell Colab readers to run: the same text, the NumPy of
+    make test-numpy126, the alias, and lines that fit the book's code column."""
+    cell = colab_cell("README.md")
+    assert colab_cell("book/intro.md") == cell
+    assert '"mxnet==1.9.1" "numpy>=1.26,<2"' in cell and "np.bool = bool" in cell
+    assert max(map(len, cell.splitlines())) <= 88
