@@ -3,8 +3,9 @@
 # stop at Python 3.11, so 3.12 and newer cannot be used for .venv.
 #
 #   $PYTHON set:  it is the only candidate; exit 2 with a message if it does not run or is not 3.8-3.11.
-#   otherwise:    the first of python3.11 python3.10 python3.9 python3.8 python3 python on PATH (every copy, in PATH order) that runs
-#                 and is 3.8-3.11 (a pyenv shim of a version pyenv has not selected fails to run: skipped).
+#   otherwise:    the first of python3.11 python3.10 python3.9 python3.8 python3 python on PATH (every
+#                 copy, in PATH order) that runs and is 3.8-3.11 (a pyenv shim of a version pyenv has
+#                 not selected fails to run, and is skipped).
 #   none found:   exit 1 and print nothing; tools/make_venv.sh then provisions Python 3.11 with uv.
 #
 # Only bash builtins are used, so the choice can be tested with a PATH holding nothing but fake pythons
@@ -24,7 +25,8 @@ supported() {
 
 if [[ -n ${PYTHON:-} ]]; then
   if ! version=$(version_of "$PYTHON"); then
-    echo "PYTHON=$PYTHON does not run. Point PYTHON at a Python 3.8-3.11, or unset it and make provisions one." >&2
+    echo "PYTHON=$PYTHON does not run. Point PYTHON at a Python 3.8-3.11, or unset it and make" \
+         "provisions one." >&2
     exit 2
   fi
   if ! supported "$version"; then

@@ -6,8 +6,8 @@
 # 2. PATH has none (typical in 2026: python3 is 3.12 or 3.13): uv provisions Python 3.11. uv is the one
 #    on PATH, else it is installed from PyPI into a small bootstrap environment made with whatever
 #    python3 exists ($D2LBN_UV_HOME, default ~/.cache/d2lbn/uv-bootstrap, reused by later runs). Then
-#    `uv venv --python 3.11 VENV` (pip from ensurepip): uv uses a CPython 3.11 it finds (on PATH or one it installed
-#    before) or downloads a managed build of it (about 30 MB) into its own folder.
+#    `uv venv --python 3.11 VENV` (pip from ensurepip): uv uses a CPython 3.11 it finds (on PATH, or one
+#    it installed before) or downloads a managed build of it (about 30 MB) into its own folder.
 # 3. That fails too (no network, no uv): one message lists the ways out; exit 1.
 # Only bash builtins are used to find Pythons, so tests/test_python_choice.py can run this with fake PATHs.
 set -uo pipefail
@@ -21,7 +21,7 @@ ways_out() {
     "d2lbn needs Python 3.8-3.11 (mxnet 1.9.1 needs numpy<1.24, which has no wheels for 3.12 and newer)," \
     "and none could be found or provisioned here: $1." \
     "Any one of these fixes it:" \
-    "  * a Python 3.11 you already have:  make book PYTHON=/path/to/python3.11   (same for make test, make lab)" \
+    "  * a Python 3.11 you have:  make book PYTHON=/path/to/python3.11  (or make test, make lab)" \
     "  * uv:         install uv (https://docs.astral.sh/uv/), then  uv python install 3.11  and rerun make" \
     "                (uv downloads its CPython build from github.com once)" \
     "  * pyenv:      pyenv install 3.11 && pyenv local 3.11       then rerun make" \
@@ -51,7 +51,7 @@ for name in python3 python; do
   done <<< "$(type -aP "$name")"
 done
 echo "No Python 3.8-3.11 on PATH (${found:-no python3 at all}); mxnet 1.9.1 needs one."
-echo "Provisioning Python 3.11 with uv: installing uv takes about 15 s the first time; uv then uses a"
+echo "Provisioning Python 3.11 with uv: installing uv takes about 20 s the first time; uv then uses a"
 echo "CPython 3.11 it finds or downloads one (about 30 MB, under a minute on a normal connection)."
 
 uv=$(type -P uv)
@@ -85,10 +85,10 @@ if [[ -z $uv ]]; then
 fi
 
 echo "Creating $venv with $uv venv --python 3.11 ..."
-# A virtualenv left by an interrupted run is replaced (uv refuses to reuse one without being told).
-clear=0
-[[ -f $venv/pyvenv.cfg ]] && clear=1
-if ! UV_VENV_CLEAR=$clear "$uv" venv --python 3.11 "$venv"; then
+# A virtualenv left by an interrupted run is replaced (uv refuses to reuse one without being told);
+# any other existing folder is left alone (uv refuses it).
+[[ -f $venv/pyvenv.cfg ]] && export UV_VENV_CLEAR=1
+if ! "$uv" venv --python 3.11 "$venv"; then
   ways_out "uv found no Python 3.11 and could not download one"
 fi
 # pip from the interpreter's own ensurepip (no download; make then upgrades it from the registry, with
