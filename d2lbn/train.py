@@ -374,8 +374,8 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
                 X, y = X.as_in_context(ctx), y.as_in_context(ctx)
                 if not math.isfinite(float(X.sum().asscalar())):     # one small reduction
                     raise NonFiniteError(
-                        f"batch {i}{of} of epoch {epoch} of {num_epochs}: the input X holds NaN or "
-                        f"infinite values; clean the data (nothing was trained on this batch)",
+                        f"the input X holds NaN or infinite values at epoch {epoch} of {num_epochs}, "
+                        f"batch {i}{of}; clean the data (nothing was trained on this batch)",
                         history, epoch=epoch, batch=i)
                 with autograd.record():
                     scores = net(X)
