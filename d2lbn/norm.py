@@ -141,7 +141,8 @@ class BatchNorm(nn.Block):
     The mode follows ``autograd.is_training()`` (True inside ``autograd.record()`` and
     ``autograd.train_mode()``). In training mode the forward pass updates the moving statistics in
     place (a feature whose batch statistics are not finite keeps its old ones); unlike
-    ``gluon.nn.BatchNorm`` (which updates them during ``backward``) no backward pass is needed. The layer computes on X's context, with the parameter copies initialised there.
+    ``gluon.nn.BatchNorm`` (which updates them during ``backward``) no backward pass is needed.
+    The layer computes on X's context, with the parameter copies initialised there.
 
     ``impl`` picks the function: None (``DEFAULT_IMPL``), a name in ``IMPLEMENTATIONS``, or a function
     with ``batch_norm``'s signature (the book uses this to run a deliberately wrong one).

@@ -165,7 +165,8 @@ class SyncBatchNorm(nn.Block):
         super().__init__(**kwargs)
         num_features, num_dims, eps = check_layer_args(num_features, num_dims, eps)
         check_momentum(momentum)
-        self.num_features, self.num_dims, self.eps, self.momentum = num_features, num_dims, eps, float(momentum)
+        self.num_features, self.num_dims = num_features, num_dims
+        self.eps, self.momentum = eps, float(momentum)
         add_norm_params(self, num_features)
 
     def forward(self, Xs: Sequence[nd.NDArray]) -> List[nd.NDArray]:

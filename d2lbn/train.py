@@ -256,7 +256,8 @@ def make_trainer(net: gluon.Block, lr: float, momentum: float = 0.0, lr_schedule
     return gluon.Trainer(net.collect_params(), optimizer, params)
 
 
-def _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx, check_every) -> Tuple[int, float, float]:
+def _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx,
+                      check_every) -> Tuple[int, float, float]:
     num_epochs = check_int("num_epochs", num_epochs)
     lr = check_real("lr", lr, positive=True)
     momentum = check_real("momentum", momentum, what="a number in [0, 1)")
@@ -350,7 +351,8 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
 
     The error's ``history`` holds the finished epochs; so does a ``KeyboardInterrupt``'s.
     """
-    num_epochs, lr, momentum = _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx, check_every)
+    num_epochs, lr, momentum = _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx,
+                                                 check_every)
     if seed is not None:
         set_seed(seed)
     net.initialize(init or mx.init.Xavier(), ctx=ctx, force_reinit=seed is not None)
