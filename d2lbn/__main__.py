@@ -150,6 +150,12 @@ def add_train_command(commands) -> argparse.ArgumentParser:
     t.add_argument("--json", metavar="FILE",
                    help="also write the history as JSON to FILE (checked first, written atomically; "
                         "after Ctrl-C or divergence it holds the finished epochs)")
+    t.add_argument("--kvstore", choices=["dist_sync"], default=None,
+                   help="data-parallel training as one worker of a parameter-server job started by "
+                        "python -m d2lbn launch (--batch-size is then the global batch)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --kvstore: batch statistics of all workers' batches together "
+                        "(d2lbn.distributed.KVStoreSyncBatchNorm); default: each worker's own")
     t.set_defaults(run=run_train, command_parser=t)
     return t
 
@@ -158,6 +164,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Run ``python -m d2lbn train``: 0 when done, 1 when training diverged, 2 for a bad argument,
     130 after Ctrl-C (the finished epochs are printed and saved to ``--json``)."""
     parser = args.command_parser
+    if args.kvstore or args.sync_bn:
+        return run_train_dist(args)
     from . import train as T
     try:
         ctx = parse_device(args.device)
@@ -208,11 +216,62 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_dist(args: argparse.Namespace) -> int:
+    """``python -m d2lbn train --kvstore dist_sync [--sync-bn]``, run by each worker of a launched job
+    (``d2lbn.distributed.train_dist``): rank 0 prints the progress and the history and writes ``--json``."""
+    parser = args.command_parser
+    from . import distributed as D
+    if not args.kvstore:
+        return _fail(parser, "--sync-bn synchronises batch statistics across workers: it needs "
+                             "--kvstore dist_sync (under python -m d2lbn launch)")
+    if args.model != "lenet-bn" or args.hybridize or args.device not in ("auto", "cpu"):
+        return _fail(parser, f"--kvstore {args.kvstore} trains the from-scratch lenet-bn on the CPU; "
+                             f"drop --model/--hybridize/--device")
+    try:
+        D.require_launcher(args.kvstore)
+    except RuntimeError as err:
+        return _fail(parser, err)
+    if args.json and _check_writable(args.json):
+        return _fail(parser, _check_writable(args.json))
+    try:
+        history = D.train_dist("kvstore" if args.sync_bn else "local", args.epochs, args.lr,
+                               args.batch_size, momentum=args.momentum,
+                               lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+                               seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                               activation=args.activation, log=lambda line: print(line, flush=True),
+                               kind=args.kvstore)
+    except ValueError as err:
+        return _fail(parser, err)
+    except FloatingPointError as err:
+        return _fail(parser, err, code=1)
+    except DataNotFoundError as err:
+        return _fail(parser, str(err).splitlines()[0] + " (see the README: 'The data')", code=1)
+    if history is not None:                             # rank 0
+        print(history.table(), flush=True)
+        if args.json:
+            _write_json(args.json, args, history, "finished")
+    return 0
+
+
+# ---- launch --------------------------------------------------------------------------------------
+
+def add_launch_command(commands) -> argparse.ArgumentParser:
+    """The ``launch`` subcommand: a parameter-server job on this machine (``d2lbn.launch``)."""
+    from . import launch as L
+    p = commands.add_parser("launch", help="run a command as the workers of a parameter-server job",
+                            description=L.__doc__.splitlines()[0],
+                            usage="python -m d2lbn launch -n WORKERS [-s SERVERS] [--hostfile FILE] "
+                                  "-- COMMAND ...")
+    L.add_arguments(p)
+    p.set_defaults(run=lambda args: L.run_args(args), command_parser=p)
+    return p
+
+
 # ---- the program ---------------------------------------------------------------------------------
 
 #: The subcommands, each a function that adds its parser (``commands.add_parser(...)``) and sets
 #: ``run`` (the function that runs it, given the parsed arguments) with ``set_defaults``.
-COMMANDS = [add_train_command]
+COMMANDS = [add_train_command, add_launch_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

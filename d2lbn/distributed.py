@@ -20,7 +20,6 @@ Shapes: X: (N, 1, 28, 28) images, y: (N,) labels; per-channel vectors (C,).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -328,22 +327,25 @@ def _plain_layout(net: gluon.Block) -> None:
 def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *, momentum: float = 0.0,
                lr_schedule: Optional[str] = None, seed: int = 0, train_limit: Optional[int] = None,
                test_limit: Optional[int] = None, activation: str = "relu",
-               json_path: Optional[str] = None, log: Callable[[str], None] = print,
-               kind: str = "dist_sync"):
+               log: Callable[[str], None] = print, kind: str = "dist_sync"):
     """Data-parallel training of LeNet-BN on Fashion-MNIST, run by every worker of a launched job.
 
     ``batch_size`` is the global batch: each step every worker takes its :func:`shard` of the
     same :func:`global_batches` (reshuffled per epoch with ``seed``), and the Trainer averages the
     gradients over the global batch. norm: ``'local'`` or ``'kvstore'`` (:func:`dist_lenet`). Only
-    rank 0 evaluates (on its own copy: with ``'local'``, its own moving statistics), logs and writes
-    ``json_path``. Returns the ``d2lbn.train.History`` on rank 0, None on the others; the training
+    rank 0 evaluates (on its own copy: with ``'local'``, its own moving statistics) and logs. Returns the ``d2lbn.train.History`` on rank 0, None on the others; the training
     loss and accuracy in it are over all workers' examples, the throughput is global examples per
     second of training.
     """
     from .experiments import ArrayLoader, fashion_arrays
     from .repro import set_seed
-    from .train import History, _check_train_args, accuracy_count, evaluate_accuracy
-    _check_train_args(num_epochs, lr, momentum, lr_schedule, mx.cpu())
+    from .train import History, accuracy_count, evaluate_accuracy
+    _check_positive("num_epochs", num_epochs)
+    _check_positive("batch_size", batch_size)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}")
     kv = dist_kvstore(kind)
     rank, num_workers = kv.rank, kv.num_workers
     ctx = mx.cpu()
@@ -389,13 +391,7 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *, moment
                            seconds=time.perf_counter() - start,
                            examples_per_sec=seen_all / train_seconds)
             say(history.line(epoch))
-    if rank != 0:
-        return None
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"num_workers": num_workers, "norm": norm, "kvstore": kind,
-                       "history": history.as_dict()}, f, indent=1)
-    return history
+    return history if rank == 0 else None
 
 
 def _parameters(net: gluon.Block) -> List[np.ndarray]:

@@ -33,7 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, IO, List, Optional, Sequence
 
-__all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "launch", "launch_main",
+__all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "launch", "launch_main", "main",
+           "add_arguments", "run_args",
            "hostfile_commands", "read_hostfile", "LOCALHOST", "SERVER_COMMAND"]
 
 LOCALHOST = "127.0.0.1"
@@ -332,3 +333,46 @@ def launch_main(command: Sequence[str], num_workers: int, num_servers: int = 1,
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+
+
+def add_arguments(parser) -> None:
+    """The options of ``python -m d2lbn launch`` (added to ``parser``, an argparse parser)."""
+    parser.add_argument("-n", "--num-workers", type=int, required=True, metavar="WORKERS",
+                        help="number of worker processes (each runs the command)")
+    parser.add_argument("-s", "--num-servers", type=int, default=1, metavar="SERVERS",
+                        help="number of parameter servers (default 1)")
+    parser.add_argument("--hostfile", metavar="FILE",
+                        help="print the ssh commands that run the job on the hosts in FILE "
+                             "(one per line; the scheduler on the first) instead of running it here")
+    parser.add_argument("--port", type=int, default=9091,
+                        help="the scheduler's port with --hostfile (here: a free port is found)")
+    parser.add_argument("command", nargs="+", metavar="-- COMMAND",
+                        help="what each worker runs, e.g. python -m d2lbn train --kvstore dist_sync")
+
+
+def run_args(args) -> int:
+    """Run a parsed ``launch`` command line (see :func:`add_arguments`); returns the exit status."""
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    for name in ("num_workers", "num_servers"):
+        if getattr(args, name) <= 0:
+            print(f"error: --{name.replace('_', '-')} must be a positive integer; got "
+                  f"{getattr(args, name)}", file=sys.stderr)
+            return 2
+    if not command:
+        print("error: give the workers' command after --", file=sys.stderr)
+        return 2
+    return launch_main(command, args.num_workers, args.num_servers, args.hostfile, args.port)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m d2lbn.launch -n 2 -- COMMAND`` (the same as ``python -m d2lbn launch``)."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m d2lbn launch", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
