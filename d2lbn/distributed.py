@@ -103,21 +103,22 @@ def all_reduce(kv: mx.kvstore.KVStore, key: int, value: nd.NDArray,
 
 
 class KVStoreBatchNormTrain(Function):
-    """Training-mode batch norm over the global batch of all workers; inputs X, gamma, beta -> Y.
+    """Training-mode batch norm over the global batch of all workers: X, gamma, beta -> Y.
 
-    ``forward``: each worker's per-channel count m_k, sum and sum of squares (accumulated in
-    float64, so that E[x^2] - E[x]^2 keeps its digits) are summed over the workers through the
-    kvstore (key ``keys[0]``, a (3, C) float64 array); every worker then normalises its slice with
-    the global mean and biased variance, left in ``self.mean`` and ``self.var``.
+    ``forward``: each worker's per-channel count m_k, sum and sum of squares (in
+    float64, so that E[x^2] - E[x]^2 keeps its digits) are summed over the workers
+    through the kvstore (key ``keys[0]``, a (3, C) float64 array); every worker then
+    normalises its slice with the global mean and biased variance (``self.mean``,
+    ``self.var``).
 
-    ``backward``: with M values per channel over all workers, x_hat = (x - mean) / sqrt(var + eps)
-    and k = gamma / sqrt(var + eps), the input gradient
+    ``backward``: with M values per channel over all workers,
+    x_hat = (x - mean) / sqrt(var + eps) and k = gamma / sqrt(var + eps),
 
         dX = k * (dy - sum(dy) / M - x_hat * sum(dy * x_hat) / M)
 
-    needs the two per-channel sums over the *global* batch: they are summed through the kvstore
-    (key ``keys[1]``, a (2, C) array). The gradients of gamma and beta are returned as this
-    worker's sums, sum(dy * x_hat) and sum(dy): the Trainer sums them over the workers.
+    needs the two per-channel sums over the *global* batch: they are summed through
+    the kvstore (key ``keys[1]``, a (2, C) array). The gradients of gamma and beta are
+    this worker's sums, sum(dy * x_hat) and sum(dy): the Trainer sums them over workers.
     """
 
     def __init__(self, kv: mx.kvstore.KVStore, keys: Sequence[int], eps: float):
@@ -129,12 +130,13 @@ class KVStoreBatchNormTrain(Function):
         X64 = X.astype("float64")
         local = nd.stack(nd.full((C,), m, ctx=X.context, dtype="float64"),
                          channel_sum(X64), channel_sum(nd.square(X64)))
-        total = all_reduce(self.kv, self.keys[0], local)                     # (3, C): M, sum, sumsq
+        total = all_reduce(self.kv, self.keys[0], local)         # (3, C): M, S1, S2
+        total.wait_to_read()   # reading it earlier raced with the pull (one worker, 1.9.1)
         mean64 = total[1] / total[0]
         var64 = nd.relu(total[2] / total[0] - nd.square(mean64))
         self.mean, self.var = mean64.astype("float32"), var64.astype("float32")
-        self.count = total[0]                                                 # (C,) float64: M
-        Xc = scale_shift(X, None, -self.mean)                                 # X - mean
+        self.count = total[0]                                     # (C,): M
+        Xc = scale_shift(X, None, -self.mean)                     # X - mean
         inv_std = nd.rsqrt(self.var + self.eps)
         k = gamma * inv_std
         self.save_for_backward(Xc, inv_std, k)
@@ -142,12 +144,13 @@ class KVStoreBatchNormTrain(Function):
 
     def backward(self, dY: nd.NDArray):
         Xc, inv_std, k = self.saved_tensors
-        dbeta = channel_sum(dY)                                              # this worker's sum(dy)
-        dgamma = channel_sum(nd.elemwise_mul(dY, Xc)) * inv_std              # ... and sum(dy x_hat)
-        total = all_reduce(self.kv, self.keys[1], nd.stack(dbeta, dgamma))   # (2, C): global sums
+        dbeta = channel_sum(dY)                                   # this worker's sum(dy)
+        dgamma = channel_sum(nd.elemwise_mul(dY, Xc)) * inv_std   # and sum(dy x_hat)
+        sums = nd.stack(dbeta, dgamma)
+        total = all_reduce(self.kv, self.keys[1], sums)           # (2, C): global sums
         inv_M = 1.0 / self.count.astype("float32")
-        shift = -k * total[0] * inv_M                                         # -k * mean(dy)
-        a = -k * inv_std * total[1] * inv_M                                   # -k mean(dy x_hat) / std
+        shift = -k * total[0] * inv_M                             # -k mean(dy)
+        a = -k * inv_std * total[1] * inv_M                       # -k mean(dy x_hat) / std
         dX = scale_shift(dY, k, shift) + scale_shift(Xc, a)
         return dX, dgamma, dbeta
 
@@ -245,17 +248,18 @@ def epoch_permutation(num_examples: int, epoch: int, seed: int) -> np.ndarray:
 
 def global_batches(num_examples: int, batch_size: int, epoch: int, seed: int,
                    num_workers: int = 1) -> List[np.ndarray]:
-    """The epoch's global mini-batches: consecutive runs of ``batch_size`` indices of
-    :func:`epoch_permutation`; the last may be smaller, and is merged into the one before if it has
-    fewer than ``num_workers`` examples (every worker must get at least one). Every index appears in
-    exactly one batch."""
+    """The epoch's global mini-batches: runs of ``batch_size`` indices of
+    :func:`epoch_permutation`. The last may be smaller; if it has fewer than
+    ``num_workers`` examples (each worker needs one) it joins the one before.
+    Every index appears in exactly one batch."""
     _check_positive("batch_size", batch_size)
     _check_positive("num_workers", num_workers)
     if batch_size < num_workers:
-        raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be at least "
-                         f"num_workers ({num_workers})")
+        raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be "
+                         f"at least num_workers ({num_workers})")
     if num_examples < num_workers:
-        raise ValueError(f"num_examples ({num_examples}) must be at least num_workers ({num_workers})")
+        raise ValueError(f"num_examples ({num_examples}) must be at least "
+                         f"num_workers ({num_workers})")
     order = epoch_permutation(num_examples, epoch, seed)
     batches = [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < num_workers:
@@ -264,13 +268,16 @@ def global_batches(num_examples: int, batch_size: int, epoch: int, seed: int,
 
 
 def shard(batch: np.ndarray, rank: int, num_workers: int) -> np.ndarray:
-    """Worker ``rank``'s part of a global batch: the rank-th of ``num_workers`` consecutive parts
-    whose sizes differ by at most one. Concatenated in rank order, the parts are the batch."""
+    """Worker ``rank``'s part of a global batch: the rank-th of ``num_workers``
+    consecutive parts whose sizes differ by at most one (concatenated in rank order,
+    they are the batch)."""
     _check_positive("num_workers", num_workers)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_workers:
+    if (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
+            or not 0 <= rank < num_workers):
         raise ValueError(f"rank must be an int in [0, {num_workers}); got {rank!r}")
     if len(batch) < num_workers:
-        raise ValueError(f"a batch of {len(batch)} cannot give each of {num_workers} workers an example")
+        raise ValueError(f"a batch of {len(batch)} cannot give each of {num_workers} "
+                         f"workers an example")
     return np.array_split(np.asarray(batch), num_workers)[rank]
 
 
@@ -303,9 +310,10 @@ def dist_trainer(nets, kv: mx.kvstore.KVStore, lr: float, momentum: float = 0.0,
 def step(trainer: gluon.Trainer, batch_size: int) -> None:
     """``trainer.step(batch_size)`` after every pending computation has finished.
 
-    With oneDNN (MXNet 1.9.1's CPU build), pushing the gradients to the kvstore while the backward
-    pass still runs asynchronously sent a wrong gradient of the last layer's weight from one worker
-    (the workers' weights parted after a step; seen here, every run); waiting first avoids it.
+    With oneDNN (MXNet 1.9.1's CPU build), pushing the gradients while the backward
+    pass still ran asynchronously sent a wrong gradient of the last layer's weight
+    from one worker (the workers' weights parted after a step; every run here).
+    Waiting first avoids it.
     """
     nd.waitall()
     trainer.step(batch_size)
