@@ -125,12 +125,15 @@ class Process:
         return f"{self.label} (pid {self.popen.pid}) {what}"
 
 
+try:                                       # looked up once, in the launcher, not in the forked child
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):          # not Linux: the launcher still stops its children itself
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:           # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)      # PR_SET_PDEATHSIG: SIGKILL this child if the launcher dies
-    except Exception:                      # noqa: BLE001 -- not Linux: the launcher still cleans up
-        pass
+    if _PRCTL is not None:
+        _PRCTL(1, int(signal.SIGKILL))     # PR_SET_PDEATHSIG: SIGKILL this child if the launcher dies
 
 
 def _pump(proc: Process, out: IO[str], lock: threading.Lock) -> None:
@@ -152,7 +155,6 @@ def _start(proc: Process, out: IO[str], lock: threading.Lock) -> None:
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   start_new_session=True, preexec_fn=_die_with_parent)
     proc.reader = threading.Thread(target=_pump, args=(proc, out, lock), daemon=True)
-    proc.reader.start()
 
 
 def _stop(procs: Sequence[Process], grace: float = GRACE_SECONDS) -> None:
@@ -170,7 +172,7 @@ def _stop(procs: Sequence[Process], grace: float = GRACE_SECONDS) -> None:
         if p.popen is not None:
             _signal_group(p, signal.SIGKILL)   # also any grandchild left in the group
             p.popen.wait()
-            if p.reader is not None:
+            if p.reader is not None and p.reader.is_alive():
                 p.reader.join(timeout=1.0)
 
 
@@ -232,8 +234,15 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
         signal.signal(signal.SIGTERM, on_sigterm)
     start = time.monotonic()
     try:
+        for p in procs:                    # every fork before any reader thread runs
+            try:
+                _start(p, out, lock)
+            except OSError as err:
+                _stop(procs)
+                raise LaunchError(f"launch: cannot start {p.label} ({' '.join(p.command)}): "
+                                  f"{err.strerror or err}", 127) from None
         for p in procs:
-            _start(p, out, lock)
+            p.reader.start()
         finished_at = None
         while True:
             for p in procs:

@@ -233,3 +233,10 @@ def test_a_command_that_fails_at_once_reports_the_workers_error():
     assert "] error: --epochs must be a positive integer; got 0" in run.stdout      # the worker's own words
     assert run.stderr.startswith("launch: worker ") and "exited with status 1" in run.stderr
     _assert_none_left(token)
+
+
+def test_a_command_that_does_not_exist_is_one_line(capsys):
+    from d2lbn.__main__ import main
+    assert main(["launch", "-n", "1", "--", "/nonexistent/python", "train.py"]) == 127
+    err = capsys.readouterr().err
+    assert err.startswith("launch: cannot start worker 0 (/nonexistent/python train.py)") and "No such file" in err
