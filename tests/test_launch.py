@@ -224,14 +224,15 @@ def test_sigint_to_the_launcher_stops_every_process():
 
 def test_a_command_that_fails_at_once_reports_the_workers_error():
     token = uuid.uuid4().hex
-    bad = "import sys; sys.exit('error: --epochs must be a positive integer; got 0')"
     start = time.monotonic()
-    run = subprocess.run([sys.executable, "-c", CLI, "launch", "-n", "2", "--", sys.executable, "-c", bad],
+    run = subprocess.run([sys.executable, "-m", "d2lbn", "launch", "-n", "2", "--", sys.executable,
+                          "-m", "d2lbn", "train", "--kvstore", "dist_sync", "--epochs", "0"],
                          capture_output=True, text=True, timeout=90, cwd=ROOT, env=_env(token))
     assert time.monotonic() - start < 60
-    assert run.returncode == 1
-    assert "] error: --epochs must be a positive integer; got 0" in run.stdout      # the worker's own words
-    assert run.stderr.startswith("launch: worker ") and "exited with status 1" in run.stderr
+    assert run.returncode == 2                                   # the worker's exit status
+    assert "] python -m d2lbn train: error: argument --epochs: must be a positive integer" in run.stdout
+    assert run.stderr.startswith("launch: worker ") and "exited with status 2" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
     _assert_none_left(token)
 
 
