@@ -371,7 +371,8 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *, moment
     say(f"worker {rank} of {num_workers}: LeNet-BN ({norm} batch statistics), global batch "
         f"{batch_size} (about {batch_size // num_workers} per worker), {n} training examples, "
         f"{steps_per_epoch} steps per epoch")
-    history = History(device=f"{num_workers} workers ({kind}, {norm} batch norm)")
+    plural = "s" if num_workers != 1 else ""
+    history = History(device=f"{num_workers} worker{plural} ({kind}, {norm} batch norm)")
     test_iter = ArrayLoader(test_X, test_y, 256)
     for epoch in range(1, num_epochs + 1):
         start = time.perf_counter()
