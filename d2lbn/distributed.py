@@ -289,6 +289,10 @@ def dist_trainer(nets, kv: mx.kvstore.KVStore, lr: float, momentum: float = 0.0,
     nets), with gradients summed over the workers through ``kv``
     and the update done on each worker (``update_on_kvstore=False``: with an optimizer on the
     servers, a pull would return updated "weights" instead of sums, also for the statistics)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+    if not isinstance(kv, mx.kvstore.KVStore):
+        raise TypeError(f"kv must be an mxnet KVStore; got {type(kv).__name__}")
     params = {"learning_rate": lr}
     if momentum:
         params["momentum"] = momentum

@@ -238,3 +238,19 @@ def test_train_dist_sync_under_the_launcher(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["status"] == "finished" and len(saved["history"]["test_acc"]) == 1
     assert 0.0 <= saved["history"]["test_acc"][0] <= 1.0
+
+
+def test_dist_trainer_checks_its_arguments():
+    net = D.dist_lenet("local")
+    kv = mx.kv.create("local")
+    with pytest.raises(ValueError, match="lr must be"):
+        D.dist_trainer(net, kv, 0.0)
+    with pytest.raises(TypeError, match="kv must be"):
+        D.dist_trainer(net, "dist_sync", 0.1)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        D.dist_trainer(net, kv, 0.1, lr_schedule="step")
+    other = D.dist_lenet("local")
+    net.initialize()
+    other.initialize()
+    trainer = D.dist_trainer([net, other], kv, 0.1)
+    assert len(trainer._params) == 2 * len(net.collect_params())
