@@ -253,4 +253,4 @@ def test_dist_trainer_checks_its_arguments():
     net.initialize()
     other.initialize()
     trainer = D.dist_trainer([net, other], kv, 0.1)
-    assert len(trainer._params) == 2 * len(net.collect_params())
+    assert len(trainer._params) == 2 * len(list(net.collect_params().values()))
