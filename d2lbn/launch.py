@@ -12,7 +12,7 @@ MXNet's ``tools/launch.py --launcher local`` does, with the care a book's test s
 * each output line is prefixed with the process's role and rank, ``[worker 1] ...``;
 * MXNet's synchronous engine (``MXNET_ENGINE_TYPE=NaiveEngine``) unless the environment names
   another: with the default threaded engine, training through ``dist_sync`` gave wrong weights in
-  about one run in four here (one worker; MXNet 1.9.1, CPU), always right with the naive one;
+  three of nine trial runs here (one worker; MXNet 1.9.1, CPU), always right with the naive one;
 * if any process dies with an error, or the launcher gets Ctrl-C (SIGINT) or SIGTERM, every other
   process is stopped (SIGTERM, then SIGKILL after a grace period), one line says which process
   failed and how, and the launcher returns non-zero; each child runs in its own process group and
