@@ -78,16 +78,33 @@ def test_head_gradient_of_another_dtype(matrix, case):
         assert ":naive|" in case and outcome["error"] == "MXNetError", outcome
 
 
-def test_fast_backward_checks_the_head_gradient_shape():
+def fast_layer_output():
     layer = norm.BatchNorm(3, 4)
     layer.initialize()
     X = nd.ones((4, 3, 2, 2)) * nd.arange(4).reshape((4, 1, 1, 1))
     X.attach_grad()
     with autograd.record():
         Y = layer(X)
+    return X, Y
+
+
+def test_fast_backward_refuses_a_head_gradient_of_another_shape_in_that_call():
+    X, Y = fast_layer_output()
+    with pytest.raises(ValueError, match=r"out_grad has shape \(2, 3, 2, 2\) but the array has shape \(4, 3, 2, 2\)"):
+        Y.backward(out_grad=nd.ones((2, 3, 2, 2)))
+    assert "<NDArray 4x3x2x2 @cpu(0)>" in repr(Y)         # prints as any array
+    Y.backward(out_grad=nd.ones((4, 3, 2, 2), dtype="float64"))        # the right shape still works
+    assert np.isfinite(X.grad.asnumpy()).all()
+
+
+def test_fast_backward_through_autograd_backward_fails_cleanly():
+    """autograd.backward skips Y.backward: the check inside the engine's callback refuses it, and MXNet
+    reports it at the first read of the gradient (its asynchronous model), without a crash."""
+    X, Y = fast_layer_output()
+    autograd.backward([Y], [nd.ones((2, 3, 2, 2))])
     with pytest.raises(mx.base.MXNetError):
-        Y.backward(out_grad=nd.ones((2, 3, 2, 2)))      # refused by MXNet or by our check, never a crash
         X.grad.wait_to_read()
+    assert float((nd.ones(3) * 2).sum().asscalar()) == 6.0        # the next, unrelated call is clean
 
 
 # ---- mixed dtypes, numbers, strings: the bad-input table's new rows live in test_bad_inputs.py -----------
