@@ -27,7 +27,7 @@ import numpy as np
 from mxnet import nd
 
 __all__ = ["ArgumentTypeError", "FLOAT_DTYPES", "check_int", "check_real", "check_float_array",
-           "check_rank", "check_norm_inputs", "check_momentum", "check_batch_norm_args",
+           "check_rank", "check_eps", "check_training", "check_norm_inputs", "check_momentum", "check_batch_norm_args",
            "check_layer_args", "check_layer_input", "check_layer_dtype"]
 
 #: The dtypes batch norm and layer norm accept.

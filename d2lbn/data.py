@@ -14,12 +14,15 @@ so an interrupted or corrupted download never leaves a file that a later run wou
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import os
+import signal
 import struct
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import zlib
@@ -101,13 +104,39 @@ def _sha256_of_gzip(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_one(url: str, target: Path, expected_sha256: str, timeout: float) -> None:
-    """Download ``url`` to ``target`` atomically, verifying the decompressed SHA-256 first."""
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While downloading in the main thread with SIGTERM's default action (die at once), make SIGTERM
+    raise ``SystemExit(143)`` instead, so that ``finally`` clauses remove the temporary file."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
 
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _download_one(url: str, target: Path, expected_sha256: str, timeout: float) -> None:
+    """Download ``url`` to ``target`` atomically, verifying the decompressed SHA-256 first; the
+    temporary ``*.part`` file is removed whatever happens, SIGTERM included."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    with _sigterm_raises():
+        fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+        tmp = Path(tmp_name)
+        _fetch_verified(url, fd, tmp, target, expected_sha256, timeout)
+
+
+def _fetch_verified(url: str, fd: int, tmp: Path, target: Path, expected_sha256: str,
+                    timeout: float) -> None:
+    """Write ``url`` into ``fd`` (the file ``tmp``), check it, rename it to ``target``; delete ``tmp``
+    on any failure."""
+    from tqdm.auto import tqdm
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None

@@ -36,6 +36,29 @@ __all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "moving_a
 _NULL, _WRITE, _INPLACE, _ADD = 0, 1, 2, 3          # MXNet's OpReqType values
 
 
+class _CheckedOutput(nd.NDArray):
+    """An output of a :class:`Function`: ``backward(out_grad)`` checks the head gradient before MXNet
+    queues the backward pass. MXNet checks neither its shape nor its dtype for a custom function, and
+    the function's backward runs later on an engine thread, where an error could only surface at a
+    later read of a gradient; here a wrong shape is a ``ValueError`` in the ``backward`` call itself
+    (another dtype is converted)."""
+    __slots__ = []
+
+    def backward(self, out_grad=None, retain_graph=False, train_mode=True):
+        if out_grad is not None:
+            if not isinstance(out_grad, nd.NDArray):
+                raise TypeError(f"out_grad must be an mxnet NDArray, got {type(out_grad).__name__}")
+            if out_grad.shape != self.shape:
+                raise ValueError(f"out_grad has shape {out_grad.shape} but the array has shape "
+                                 f"{self.shape}; the head gradient must match it")
+            if out_grad.dtype != self.dtype:
+                out_grad = out_grad.astype(self.dtype)
+        return super().backward(out_grad, retain_graph, train_mode)
+
+
+_CheckedOutput.__name__ = "NDArray"       # it prints as any other array: <NDArray 4x3 @cpu(0)>
+
+
 class Function(autograd.Function):
     """``mx.autograd.Function`` with its gradient write-back fixed (MXNet 1.9.1).
 
@@ -67,6 +90,9 @@ class Function(autograd.Function):
         ret_outputs = outputs
         if isinstance(outputs, nd.NDArray):
             outputs = (outputs,)
+        for output in outputs:
+            if type(output) is nd.NDArray:      # noqa: E721 -- exactly NDArray, not a sparse array
+                output.__class__ = _CheckedOutput
         key = autograd.Function._registry.inc()
         meta = [(o.shape, o.dtype) for o in outputs]
 

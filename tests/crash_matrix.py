@@ -28,7 +28,10 @@ TOL = {"float16": 2e-2, "float32": 1e-4, "float64": 1e-9}
 EPS = 1e-5
 FUNCTIONS = ["pure_batch_norm", "batch_norm:naive:train", "batch_norm:naive:infer",
              "batch_norm:fast:train", "batch_norm:fast:infer", "layer_norm", "buggy_batch_norm:infer",
-             "sync_batch_norm", "BatchNorm:naive", "BatchNorm:fast", "LayerNorm", "SyncBatchNorm"]
+             "sync_batch_norm", "fold_batch_norm", "forward_staged", "BatchNorm:naive", "BatchNorm:fast",
+             "LayerNorm", "SyncBatchNorm"]
+#: NumPy functions (d2lbn.backward): NumPy promotes integers and bool to float64, so every dtype works
+NUMPY_FUNCTIONS = ("forward_staged",)
 #: head-gradient (``Y.backward(out_grad=...)``) dtypes against a float32 layer
 HEAD_DTYPES = ["float16", "float32", "float64", "int32"]
 LAYERS = ["BatchNorm:naive", "BatchNorm:fast"]
@@ -77,6 +80,7 @@ def _data(dtype: str):
     x = rng.integers(0, 4, size=(6, 3, 2, 2)).astype(np.float64)      # exact in every dtype
     if dtype == "bool":
         x = (x > 1).astype(np.float64)
+    x[:, 0] = 1          # a constant channel: variance 0 (integer division by zero ended the process)
     gamma, beta = np.array([1.0, 2.0, 0.5]), np.array([0.0, 1.0, -1.0])
     mm, mv = np.array([1.0, 2.0, 0.0]), np.array([1.0, 2.0, 4.0])
     return x, gamma, beta, mm, mv
@@ -121,6 +125,18 @@ def run_case(case: str) -> Dict[str, object]:
     elif kind[0] == "buggy_batch_norm":
         Y = buggy_batch_norm(X, G, B, MM, MV, training=False)[0]
         expected = ref_batch_norm(x, gamma, beta, mm, mv)
+    elif kind[0] == "fold_batch_norm":
+        from d2lbn.fold import fold_batch_norm
+        w = x[:3, :, 0, 0].T.copy()                        # (3, 6): C_out = 3
+        W, b = fold_batch_norm(arr(w), arr(beta), G, B, MM, MV)
+        scale = gamma / np.sqrt(mv + EPS)
+        Y = nd.concat(W.reshape((-1,)), b, dim=0)
+        expected = np.concatenate([(w * scale[:, None]).ravel(), scale * (beta - mm) + beta])
+    elif kind[0] == "forward_staged":
+        from d2lbn.backward import forward_staged
+        y = forward_staged(x.astype(dtype), gamma, beta, EPS)[0]
+        err = float(np.max(np.abs(y - ref_batch_norm(x, gamma, beta)) / (1 + np.abs(ref_batch_norm(x, gamma, beta)))))
+        return {"result": True, "error_size": err, "tol": TOL.get(dtype, 1e-9)}
     elif kind[0] == "layer_norm":
         Y, expected = norm.layer_norm(X, G, B), ref_layer_norm(x, gamma, beta)
     elif kind[0] == "sync_batch_norm":
