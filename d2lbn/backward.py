@@ -17,6 +17,8 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
+from .checks import check_eps
+
 __all__ = ["stat_axes", "forward_staged", "backward_staged", "backward_closed_form",
            "numerical_gradient", "relative_error", "gradient_check", "draw_graph"]
 
@@ -38,8 +40,9 @@ def _check(x: np.ndarray, gamma: np.ndarray, eps: float) -> Tuple[Tuple[int, ...
     if gamma.shape != (x.shape[1],):
         raise ValueError(f"gamma must have shape ({x.shape[1]},) to match x of shape {x.shape}; "
                          f"got shape {gamma.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0; got {eps!r}")
+    check_eps(eps)
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+        raise TypeError(f"x must hold numbers; got dtype {x.dtype}")
     m = x.size // x.shape[1]
     if m < 2:
         raise ValueError(f"x of shape {x.shape} has one value per feature; batch statistics need two or more")

@@ -22,7 +22,7 @@ from typing import Tuple
 
 from mxnet import nd
 
-from .norm import check_momentum, check_norm_inputs
+from .checks import check_momentum, check_norm_inputs
 
 __all__ = ["buggy_batch_norm", "CLASSIC_INITIAL_MOVING_VAR"]
 

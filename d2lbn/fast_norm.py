@@ -29,9 +29,34 @@ import numpy as np
 from mxnet import autograd, nd
 from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_array, check_call)
 
+from .checks import check_batch_norm_args
+
 __all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "moving_average", "fast_batch_norm"]
 
 _NULL, _WRITE, _INPLACE, _ADD = 0, 1, 2, 3          # MXNet's OpReqType values
+
+
+class _CheckedOutput(nd.NDArray):
+    """An output of a :class:`Function`: ``backward(out_grad)`` checks the head gradient before MXNet
+    queues the backward pass. MXNet checks neither its shape nor its dtype for a custom function, and
+    the function's backward runs later on an engine thread, where an error could only surface at a
+    later read of a gradient; here a wrong shape is a ``ValueError`` in the ``backward`` call itself
+    (another dtype is converted)."""
+    __slots__ = []
+
+    def backward(self, out_grad=None, retain_graph=False, train_mode=True):
+        if out_grad is not None:
+            if not isinstance(out_grad, nd.NDArray):
+                raise TypeError(f"out_grad must be an mxnet NDArray, got {type(out_grad).__name__}")
+            if out_grad.shape != self.shape:
+                raise ValueError(f"out_grad has shape {out_grad.shape} but the array has shape "
+                                 f"{self.shape}; the head gradient must match it")
+            if out_grad.dtype != self.dtype:
+                out_grad = out_grad.astype(self.dtype)
+        return super().backward(out_grad, retain_graph, train_mode)
+
+
+_CheckedOutput.__name__ = "NDArray"       # it prints as any other array: <NDArray 4x3 @cpu(0)>
 
 
 class Function(autograd.Function):
@@ -65,12 +90,25 @@ class Function(autograd.Function):
         ret_outputs = outputs
         if isinstance(outputs, nd.NDArray):
             outputs = (outputs,)
+        for output in outputs:
+            if type(output) is nd.NDArray:      # noqa: E721 -- exactly NDArray, not a sparse array
+                output.__class__ = _CheckedOutput
         key = autograd.Function._registry.inc()
+        meta = [(o.shape, o.dtype) for o in outputs]
 
         def backward_entry(num_ograds, num_igrads, ptrs, reqs, is_train, _):
             try:
                 output_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle), writable=False)
                                 for p in ptrs[:num_ograds]]
+                # MXNet checks neither the shape nor the dtype of a head gradient passed to a
+                # custom function (Y.backward(out_grad=...)); a float64 one written into float32
+                # buffers could corrupt memory. Check the shape, convert the dtype.
+                for i, (grad, (shape, dtype)) in enumerate(zip(output_grads, meta)):
+                    if grad.shape != shape:
+                        raise ValueError(f"the gradient of output {i} has shape {grad.shape}, "
+                                         f"but the output has shape {shape}")
+                    if grad.dtype != dtype:
+                        output_grads[i] = grad.astype(dtype)
                 input_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle), writable=True)
                                for p in ptrs[num_ograds:num_ograds + num_igrads]]
                 req_codes = [reqs[i] for i in range(num_igrads)]
@@ -291,7 +329,7 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     context. Training mode runs :class:`BatchNormTrain` (closed-form backward); inference mode is
     one :func:`scale_shift`, which autograd differentiates directly.
     """
-    _norm.check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
+    check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
                                 moving_mean=moving_mean, moving_var=moving_var)
     if X.dtype == np.float16 and X.context.device_type == "cpu":
         raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet 1.9.1 has no CPU "
@@ -306,7 +344,3 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
         new_var = moving_average(moving_var, fn.var, momentum)
     return Y, new_mean, new_var
 
-
-# Imported last: d2lbn.norm imports this module to register the fast path, so each module must be
-# fully defined before it asks for the other (the functions above look `_norm` up when called).
-from . import norm as _norm  # noqa: E402  pylint: disable=wrong-import-position

@@ -12,19 +12,25 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 from mxnet import gluon, nd
 
+from .checks import check_eps, check_float_array
 from .norm import BatchNorm
 
 __all__ = ["fold_batch_norm", "batch_norm_inference_params", "fold_layer_and_batch_norm"]
 
 
-def _need(name: str, value, shape: Tuple[int, ...]) -> None:
+def _need(name: str, value, shape: Tuple[int, ...], weight: nd.NDArray) -> None:
     if not isinstance(value, nd.NDArray):
         raise TypeError(f"{name} must be an mxnet NDArray of shape {shape}, got {type(value).__name__}")
     if value.shape != shape:
         raise ValueError(f"{name} must have shape {shape} (one value per output channel); "
                          f"got shape {value.shape}")
+    if value.dtype != weight.dtype:
+        mine, theirs = np.dtype(value.dtype).name, np.dtype(weight.dtype).name
+        raise TypeError(f"{name} has dtype {mine} but weight has dtype {theirs}; use one dtype for all: "
+                        f"{name}.astype('{theirs}')")
 
 
 def fold_batch_norm(weight: nd.NDArray, bias: Optional[nd.NDArray], gamma: nd.NDArray,
@@ -41,15 +47,15 @@ def fold_batch_norm(weight: nd.NDArray, bias: Optional[nd.NDArray], gamma: nd.ND
         got = getattr(weight, 'shape', type(weight).__name__)
         raise ValueError("weight must be an NDArray with output channels first, "
                          f"(C_out, C_in) or (C_out, C_in, kh, kw); got {got}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0; got {eps!r}")
+    check_float_array("weight", weight)
+    eps = check_eps(eps)
     c_out = weight.shape[0]
     vectors = [("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
                ("moving_var", moving_var)]
     if bias is not None:
         vectors.append(("bias", bias))
     for name, value in vectors:
-        _need(name, value, (c_out,))
+        _need(name, value, (c_out,), weight)
     scale = gamma / nd.sqrt(moving_var + eps)                       # (C_out,)
     folded_weight = weight * scale.reshape((c_out,) + (1,) * (weight.ndim - 1))
     z_bias = bias if bias is not None else nd.zeros_like(moving_mean)

@@ -20,9 +20,12 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.lr_scheduler import CosineScheduler
 
+from .checks import check_int, check_real
+from .data import TrainBatchSampler, training_loader
 from .repro import set_seed
 
-__all__ = ["Settings", "quick_mode", "lenet_settings", "History", "make_trainer", "NonFiniteLossError",
+__all__ = ["Settings", "quick_mode", "lenet_settings", "History", "make_trainer", "NonFiniteError",
+           "NonFiniteLossError", "find_non_finite", "TrainBatchSampler", "training_loader",
            "accuracy_count", "evaluate_accuracy", "train", "comparison_table",
            "subset", "fashion_mnist_iters", "in_notebook"]
 
@@ -32,12 +35,19 @@ Batches = Iterable[Tuple[nd.NDArray, nd.NDArray]]
 LR_SCHEDULES = (None, "cosine")
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; ``history`` holds the epochs completed before it."""
+class NonFiniteError(FloatingPointError):
+    """Training met a NaN or infinity: in a batch of input data, in the loss, or in a parameter or
+    moving statistic of a layer. ``history`` holds the epochs completed before it; ``epoch`` and
+    ``batch`` (1-based) say where it was found, ``layer`` names the layer (None for data and loss)."""
 
-    def __init__(self, message: str, history: "History"):
+    def __init__(self, message: str, history: "History", epoch: Optional[int] = None,
+                 batch: Optional[int] = None, layer: Optional[str] = None):
         super().__init__(message)
-        self.history = history
+        self.history, self.epoch, self.batch, self.layer = history, epoch, batch, layer
+
+
+class NonFiniteLossError(NonFiniteError):
+    """The training loss became NaN or infinite (a :class:`NonFiniteError`)."""
 
 
 @dataclass
@@ -246,17 +256,61 @@ def make_trainer(net: gluon.Block, lr: float, momentum: float = 0.0, lr_schedule
     return gluon.Trainer(net.collect_params(), optimizer, params)
 
 
-def _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx) -> None:
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs <= 0:
-        raise ValueError(f"num_epochs must be a positive int; got {num_epochs!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive finite number; got {lr!r}")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0 <= momentum < 1:
+def _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx,
+                      check_every) -> Tuple[int, float, float]:
+    num_epochs = check_int("num_epochs", num_epochs)
+    lr = check_real("lr", lr, positive=True)
+    momentum = check_real("momentum", momentum, what="a number in [0, 1)")
+    if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}")
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}; got {lr_schedule!r}")
     if not isinstance(ctx, mx.Context):
         raise TypeError(f"ctx must be an mxnet Context such as mx.cpu() or mx.gpu(0); got {ctx!r}")
+    check_int("check_every", check_every)
+    return num_epochs, lr, momentum
+
+
+def _owners(net: gluon.Block) -> Dict[int, str]:
+    """id(parameter) -> the name of the innermost layer that registered it."""
+    owners: Dict[int, str] = {}
+
+    def walk(block: gluon.Block) -> None:
+        for child in block._children.values():
+            walk(child)
+        for param in block._reg_params.values():
+            owners.setdefault(id(param), block.name)
+    walk(net)
+    return owners
+
+
+def find_non_finite(net: gluon.Block, ctx: mx.Context) -> List[Tuple[str, str]]:
+    """``(layer name, parameter name)`` of every parameter of ``net`` on ``ctx`` (weights, gamma,
+    beta, moving statistics) that holds a NaN or an infinity; empty when all are finite.
+
+    Cheap: one product with 0 and one sum per parameter (NaN iff a value is not finite), gathered
+    into one array and read back once.
+    """
+    params = [p for p in net.collect_params().values() if p._data is not None]
+    if not params:
+        return []
+    flags = nd.concat(*[(p.data(ctx) * 0).sum().reshape((1,)).astype("float32") for p in params],
+                      dim=0).asnumpy()
+    owners = _owners(net)
+    return [(owners.get(id(p), net.name), p.name) for p, flag in zip(params, flags)
+            if not np.isfinite(flag)]
+
+
+def _non_finite_params(net, ctx, history, epoch, num_epochs, batch, last_good, lr) -> None:
+    bad = find_non_finite(net, ctx)
+    if bad:
+        layer, param = bad[0]
+        others = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise NonFiniteError(
+            f"parameter {param} of layer {layer}{others} became NaN or infinite at epoch {epoch} of "
+            f"{num_epochs}, between batch {last_good + 1} and batch {batch} (lr={lr:g}); the weights "
+            f"have diverged: lower the learning rate or check the input data", history,
+            epoch=epoch, batch=batch, layer=layer)
 
 
 def _diverged(loss: float, epoch: int, num_epochs: int, i: int, num_batches: Optional[int],
@@ -272,7 +326,7 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
           optimizer: str = "sgd", momentum: float = 0.0, lr_schedule: Optional[str] = None,
           loss: Optional[gluon.loss.Loss] = None, progress: bool = True,
           plot: Optional[bool] = None, refresh_seconds: float = 3.0,
-          log: Callable[[str], None] = print) -> History:
+          log: Callable[[str], None] = print, check_every: int = 50) -> History:
     """Train ``net`` on ``ctx`` with softmax cross-entropy and mini-batch ``optimizer`` (SGD, with
     ``momentum`` if > 0; ``lr_schedule='cosine'`` lowers ``lr`` to 0 over the run, see
     :func:`make_trainer`).
@@ -283,10 +337,22 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
     (``plot=None`` detects it) loss and accuracies are plotted live and the final figure stays in
     the cell; elsewhere a tqdm bar runs per epoch and one line per epoch goes to ``log``.
 
-    Returns a :class:`History`. Raises :class:`NonFiniteLossError`, naming the epoch and batch, as
-    soon as a batch's loss is NaN or infinite (before that batch's update).
+    Returns a :class:`History`. Training cannot silently rot: it stops with a
+    :class:`NonFiniteError` naming the epoch and batch
+
+    * when a batch's input ``X`` holds a NaN or infinity, before the forward pass (so no weight and
+      no moving statistic sees it);
+    * when a batch's loss is NaN or infinite (:class:`NonFiniteLossError`), before that batch's
+      update;
+    * when a parameter or moving statistic of a layer (named in the error) has become NaN or
+      infinite: checked every ``check_every`` batches and at the end of every epoch (with ReLU a
+      NaN can leave the loss finite). ``d2lbn.norm.BatchNorm`` also keeps its moving statistics
+      when a batch's are not finite.
+
+    The error's ``history`` holds the finished epochs; so does a ``KeyboardInterrupt``'s.
     """
-    _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx)
+    num_epochs, lr, momentum = _check_train_args(num_epochs, lr, momentum, lr_schedule, ctx,
+                                                 check_every)
     if seed is not None:
         set_seed(seed)
     net.initialize(init or mx.init.Xavier(), ctx=ctx, force_reinit=seed is not None)
@@ -300,13 +366,19 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
     report.message(f"{optimizer}, lr {lr:g}" + (" (cosine schedule)" if lr_schedule else "")
                    + (f", momentum {momentum:g}" if momentum else ""))
     history = History(device=str(ctx))
+    of = f" of {num_batches}" if num_batches else ""
     try:
         for epoch in range(1, num_epochs + 1):
             start = time.perf_counter()
             report.start_epoch(f"epoch {epoch}/{num_epochs}", num_batches)
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum, correct, seen, checked = 0.0, 0, 0, 0
             for i, (X, y) in enumerate(train_iter, start=1):
                 X, y = X.as_in_context(ctx), y.as_in_context(ctx)
+                if not math.isfinite(float(X.sum().asscalar())):     # one small reduction
+                    raise NonFiniteError(
+                        f"the input X holds NaN or infinite values at epoch {epoch} of {num_epochs}, "
+                        f"batch {i}{of}; clean the data (nothing was trained on this batch)",
+                        history, epoch=epoch, batch=i)
                 with autograd.record():
                     scores = net(X)
                     l = loss_fn(scores, y)
@@ -314,20 +386,27 @@ def train(net: gluon.Block, train_iter: Batches, test_iter: Batches, num_epochs:
                 batch_loss = float(l.sum().asscalar())
                 if not math.isfinite(batch_loss):
                     message = _diverged(batch_loss, epoch, num_epochs, i, num_batches, lr)
-                    raise NonFiniteLossError(message, history)
+                    raise NonFiniteLossError(message, history, epoch=epoch, batch=i)
                 trainer.step(X.shape[0])
                 loss_sum += batch_loss
                 correct += accuracy_count(scores, y)
                 seen += X.shape[0]
+                if i % check_every == 0:
+                    _non_finite_params(net, ctx, history, epoch, num_epochs, i, checked, lr)
+                    checked = i
                 report.batch(epoch - 1 + i / (num_batches or i), loss_sum / seen, correct / seen)
             if seen == 0:
                 raise ValueError("train_iter yielded no examples")
+            _non_finite_params(net, ctx, history, epoch, num_epochs, i, checked, lr)
             train_seconds = time.perf_counter() - start
             test_acc = evaluate_accuracy(net, test_iter, ctx)
             history.append(loss_sum / seen, correct / seen, test_acc,
                            seconds=time.perf_counter() - start,
                            examples_per_sec=seen / train_seconds)
             report.end_epoch(epoch, history.line(epoch), test_acc)
+    except KeyboardInterrupt as interrupt:
+        interrupt.history = history         # the finished epochs, for whoever catches it
+        raise
     finally:
         report.finish()
     return history
@@ -377,15 +456,26 @@ def lenet_settings(quick: Optional[bool] = None) -> Settings:
 
 # ---- data --------------------------------------------------------------------------------------------
 
+def _batch_size(loader: gluon.data.DataLoader) -> int:
+    sampler = loader._batch_sampler
+    return sampler.batch_size if isinstance(sampler, TrainBatchSampler) else sampler._batch_size
+
+
 def subset(loader: gluon.data.DataLoader, n: Optional[int], shuffle: bool) -> gluon.data.DataLoader:
-    """A ``DataLoader`` over the first ``n`` examples of ``loader``'s data set (all if ``n`` is None)."""
+    """A ``DataLoader`` over the first ``n`` examples of ``loader``'s data set (all if ``n`` is None).
+
+    With ``shuffle`` (training) a final batch of one example is dropped (:class:`TrainBatchSampler`).
+    """
     if n is None:
         return loader
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"the subset size must be a positive int; got {n!r}")
+    n = check_int("the subset size", n)
     dataset = loader._dataset
-    batch_size = loader._batch_sampler._batch_size
-    return gluon.data.DataLoader(dataset.take(min(n, len(dataset))), batch_size, shuffle=shuffle)
+    batch_size = _batch_size(loader)
+    kwargs = {"batchify_fn": loader._batchify_fn}
+    part = dataset.take(min(n, len(dataset)))
+    if shuffle:
+        return training_loader(part, batch_size, **kwargs)
+    return gluon.data.DataLoader(part, batch_size, shuffle=False, **kwargs)
 
 
 def fashion_mnist_iters(batch_size: int, train_limit: Optional[int] = None,
