@@ -12,11 +12,14 @@ Each subcommand is a function in :data:`COMMANDS` that adds its parser and its `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -124,6 +127,38 @@ def _write_json(path: str, args: argparse.Namespace, history, status: str) -> No
             os.unlink(tmp)
 
 
+class _CtrlC:
+    """Ctrl-C as ``KeyboardInterrupt``, reliably: Python ignores an exception raised inside a
+    ``__del__`` (tqdm closes its bars there), so a Ctrl-C that lands in one is remembered and raised
+    by :meth:`check` (called after each epoch) instead of being lost."""
+
+    def __init__(self):
+        self.pressed = False
+
+    def handler(self, signum, frame):
+        self.pressed = True
+        while frame is not None:
+            if frame.f_code.co_name == "__del__":
+                return                     # raising here would be ignored: check() raises it later
+            frame = frame.f_back
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
 # ---- train ---------------------------------------------------------------------------------------
 
 def add_train_command(commands) -> argparse.ArgumentParser:
@@ -160,6 +195,16 @@ def add_train_command(commands) -> argparse.ArgumentParser:
     return t
 
 
+def _train(T, net, ctx, args: argparse.Namespace, log):
+    train_iter, test_iter = T.fashion_mnist_iters(args.batch_size, args.train_limit, args.test_limit)
+    print(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
+          f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples", flush=True)
+    return T.train(net, train_iter, test_iter, args.epochs, args.lr, ctx, seed=args.seed,
+                   momentum=args.momentum,
+                   lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+                   progress=not args.no_progress, plot=False, log=log)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``python -m d2lbn train``: 0 when done, 1 when training diverged, 2 for a bad argument,
     130 after Ctrl-C (the finished epochs are printed and saved to ``--json``)."""
@@ -182,15 +227,15 @@ def run_train(args: argparse.Namespace) -> int:
             return _fail(parser, f"--hybridize needs a model of built-in layers; {args.model} is not one")
         net.hybridize()
     history = T.History(device=str(ctx))
+    ctrl_c = _CtrlC()
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        ctrl_c.check()
+
     try:
-        train_iter, test_iter = T.fashion_mnist_iters(args.batch_size, args.train_limit, args.test_limit)
-        print(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
-              f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples", flush=True)
-        history = T.train(net, train_iter, test_iter, args.epochs, args.lr, ctx, seed=args.seed,
-                          momentum=args.momentum,
-                          lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-                          progress=not args.no_progress, plot=False,
-                          log=lambda line: print(line, flush=True))
+        with ctrl_c.installed():
+            history = _train(T, net, ctx, args, log)
     except KeyboardInterrupt as err:
         history = getattr(err, "history", history)
         done = history.epochs

@@ -315,6 +315,10 @@ def load_fashion_mnist(batch_size: int, resize: Optional[int] = None,
     if resize is not None:
         resize = check_int("resize", resize, what="None or a positive int")
     num_workers = check_int("num_workers", num_workers, minimum=0)
+    if resize is not None and batch_size * resize * resize >= 2 ** 31:
+        raise ValueError(f"batch_size {batch_size} with resize={resize} gives batches of "
+                         f"{batch_size * resize * resize} values, more than MXNet's 2^31 - 1 per array; "
+                         f"use a smaller batch_size or resize")
     (train_X, train_y), (test_X, test_y) = read_fashion_mnist(root)
     batchify = {} if resize is None else {"batchify_fn": ResizeBatch(resize)}
     datasets = [gluon.data.ArrayDataset(_to_tensor(images), nd.array(labels, dtype="int32"))

@@ -40,8 +40,8 @@ class _CheckedOutput(nd.NDArray):
     """An output of a :class:`Function`: ``backward(out_grad)`` checks the head gradient before MXNet
     queues the backward pass. MXNet checks neither its shape nor its dtype for a custom function, and
     the function's backward runs later on an engine thread, where an error could only surface at a
-    later read of a gradient; here a wrong shape is a ``ValueError`` in the ``backward`` call itself
-    (another dtype is converted)."""
+    later read of a gradient; here a wrong shape is a ``ValueError`` in the ``backward`` call itself.
+    (Another dtype is converted by the callback, which also serves ``autograd.backward``.)"""
     __slots__ = []
 
     def backward(self, out_grad=None, retain_graph=False, train_mode=True):
@@ -51,8 +51,6 @@ class _CheckedOutput(nd.NDArray):
             if out_grad.shape != self.shape:
                 raise ValueError(f"out_grad has shape {out_grad.shape} but the array has shape "
                                  f"{self.shape}; the head gradient must match it")
-            if out_grad.dtype != self.dtype:
-                out_grad = out_grad.astype(self.dtype)
         return super().backward(out_grad, retain_graph, train_mode)
 
 

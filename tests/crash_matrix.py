@@ -34,7 +34,7 @@ FUNCTIONS = ["pure_batch_norm", "batch_norm:naive:train", "batch_norm:naive:infe
 NUMPY_FUNCTIONS = ("forward_staged",)
 #: head-gradient (``Y.backward(out_grad=...)``) dtypes against a float32 layer
 HEAD_DTYPES = ["float16", "float32", "float64", "int32"]
-LAYERS = ["BatchNorm:naive", "BatchNorm:fast"]
+LAYERS = ["BatchNorm:naive", "BatchNorm:fast", "BatchNorm:fast:autograd.backward"]
 
 
 def matrix_ids() -> List[str]:
@@ -96,14 +96,18 @@ def run_case(case: str) -> Dict[str, object]:
     if case.startswith("head|"):
         _, layer_name, head_dtype = case.split("|")
         x, gamma, beta, _, _ = _data("float64")
-        layer = norm.BatchNorm(3, 4, impl=layer_name.split(":")[1])
+        impl, *via = layer_name.split(":")[1:]
+        layer = norm.BatchNorm(3, 4, impl=impl)
         layer.initialize()
         X = nd.array(x, dtype="float32")
         X.attach_grad()
         with autograd.record():
             Y = layer(X)
         dy = np.arange(Y.size).reshape(Y.shape) % 5
-        Y.backward(out_grad=nd.array(dy, dtype=head_dtype))
+        if via:                                   # autograd.backward: MXNet's path, not Y.backward
+            autograd.backward([Y], [nd.array(dy, dtype=head_dtype)])
+        else:
+            Y.backward(out_grad=nd.array(dy, dtype=head_dtype))
         got = X.grad.asnumpy()
         nd.waitall()
         expected = ref_bn_grad(x, np.ones(3), dy.astype(np.float64))

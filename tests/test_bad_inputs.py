@@ -116,6 +116,8 @@ CASES = [
     ("layer: num_dims string", lambda: BatchNorm(3, "2"), TypeError, r"num_dims must be 2 .* or 4 .*; got '2'"),
     ("data: batch_size string", lambda: data.load_fashion_mnist("64"),
      TypeError, r"batch_size must be a positive int; got '64' \(str\)"),
+    ("data: resize past 2^31", lambda: data.load_fashion_mnist(256, resize=4096),
+     ValueError, r"batch_size 256 with resize=4096 gives batches of 4294967296 values, more than MXNet's 2\^31"),
     ("data: num_workers negative", lambda: data.load_fashion_mnist(8, num_workers=-1),
      ValueError, r"num_workers must be an int >= 0; got -1"),
     ("seed: string", lambda: d2lbn.set_seed("0"), TypeError, r"seed must be an int >= 0; got '0' \(str\)"),

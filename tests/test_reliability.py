@@ -461,6 +461,26 @@ def test_cli_ctrl_c_saves_the_finished_epochs_and_exits_130(tmp_path):
     assert saved["status"] == "interrupted" and 1 <= len(saved["history"]["loss"]) < 200
 
 
+def test_a_ctrl_c_that_lands_in_a_finalizer_is_not_lost():
+    """Python ignores exceptions raised in __del__ (tqdm closes its bars there): the CLI's handler
+    remembers such a Ctrl-C and raises it after the epoch instead."""
+    from d2lbn.__main__ import _CtrlC
+    ctrl_c, raised = _CtrlC(), []
+
+    class Finalized:
+        def __del__(self):
+            try:
+                ctrl_c.handler(signal.SIGINT, sys._getframe())
+            except KeyboardInterrupt:
+                raised.append(True)
+    Finalized()                                   # collected at once, running __del__
+    assert raised == [] and ctrl_c.pressed
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c.check()
+    with pytest.raises(KeyboardInterrupt):        # anywhere else it is raised at once
+        _CtrlC().handler(signal.SIGINT, sys._getframe())
+
+
 def test_cli_json_is_written_atomically(tmp_path, monkeypatch):
     """The file appears whole or not at all: it is written beside the target, then renamed."""
     from d2lbn import __main__ as main
