@@ -158,7 +158,8 @@ def test_dry_run_with_a_gpu_plans_the_matching_wheel(tmp_path, header, wheel):
     assert "2 GPU(s) (NVIDIA A100-SXM4-40GB, NVIDIA A100-SXM4-40GB)" in done.stdout
     assert f"wheel {wheel}==1.9.1 (the newest build not above the driver's CUDA)" in done.stdout
     assert f"  {wheel}==1.9.1\n  numpy>=1.23,<1.24\n" in done.stdout
-    assert "-m pytest -m gpu" in done.stdout and "--no-deps -e" in done.stdout
+    assert "D2LBN_REQUIRE_GPU=1 " in done.stdout and "-m pytest -m gpu" in done.stdout
+    assert "--no-deps -e" in done.stdout
     assert not venv.exists()                      # a dry run creates nothing
 
 
@@ -199,3 +200,18 @@ def test_gluon_moving_var_prediction():
     np.testing.assert_allclose(gpu_tests.expected_gluon_moving_var(ours, m, "biased"), ours)
     np.testing.assert_allclose(gpu_tests.expected_gluon_moving_var(ours, m, "unbiased"),
                                0.9 + 0.1 * v * 4 / 3)
+
+
+def test_gpu_tests_fail_rather_than_skip_when_a_gpu_is_required():
+    """Under make test-gpu (D2LBN_REQUIRE_GPU=1) an mxnet that sees no GPU fails the tier instead of
+    skipping every test; without the variable the same run skips."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu",
+           "-k", "device_helpers"]
+    env = {k: v for k, v in os.environ.items() if k not in ("D2LBN_GPU_TESTS_ON_CPU", "D2LBN_REQUIRE_GPU")}
+    env["PYTHONPATH"] = str(ROOT)
+    required = subprocess.run(cmd, cwd=ROOT, env=dict(env, D2LBN_REQUIRE_GPU="1"), capture_output=True,
+                              text=True, timeout=300)
+    assert required.returncode != 0
+    assert "D2LBN_REQUIRE_GPU is set (nvidia-smi lists a GPU) but MXNet sees none" in required.stdout
+    plain = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 0 and "1 skipped" in plain.stdout, plain.stdout

@@ -11,7 +11,8 @@
    it with its ``mxnet`` line replaced by the chosen wheel (numpy stays pinned as requirements.txt
    pins it), then d2lbn itself (``--no-deps``, so the CPU ``mxnet`` is never pulled in). The venv
    is reused while ``.venv-gpu/.installed`` names the same wheel and requirements.
-4. Run ``pytest -m gpu tests/gpu`` in it.
+4. Run ``pytest -m gpu tests/gpu`` in it, with ``D2LBN_REQUIRE_GPU=1``: MXNet seeing no GPU there
+   is then a failure, not a skip.
 
 ``--dry-run`` prints the plan (wheel, commands) after step 2 and runs nothing; the unit tests
 (tests/test_gpu_tier.py) use it with fake ``nvidia-smi`` scripts.
@@ -170,11 +171,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stamp = venv / ".installed"
     up_to_date = stamp.is_file() and stamp.read_text() == stamp_text(wheel, requirements)
     build, test = ([] if up_to_date else commands[:-1]), commands[-1]
+    # D2LBN_REQUIRE_GPU: nvidia-smi showed a GPU, so tests/gpu fails (not skips) if MXNet sees none
+    test_env = {"PYTHONPATH": str(ROOT), "D2LBN_REQUIRE_GPU": "1"}
     if args.dry_run:
         print(f"Would {'reuse' if up_to_date else 'build'} {venv}; requirements:")
         print("".join(f"  {line}\n" for line in requirements.splitlines()), end="")
-        for command in build + [test]:
+        for command in build:
             print("  $ " + " ".join(command))
+        print("  $ " + " ".join(f"{k}={v}" for k, v in test_env.items()) + " " + " ".join(test))
         return 0
     if not up_to_date:
         stamp.unlink(missing_ok=True)
@@ -183,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for command in build[1:]:
             subprocess.run(command, check=True)
         stamp.write_text(stamp_text(wheel, requirements))
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, **test_env)
     return subprocess.run(test, cwd=ROOT, env=env).returncode
 
 

@@ -33,18 +33,36 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from d2lbn import models, norm, train as T
+from d2lbn import device, models, norm, train as T
 from d2lbn.backward import backward_closed_form
 from d2lbn.data import find_data_dir
 from conftest import numpy_batch_norm
 from test_train import fake_batches, misplaced, moving_statistics, record_output_contexts
 
 ON_CPU = os.environ.get("D2LBN_GPU_TESTS_ON_CPU", "") not in ("", "0")
+# Set by tools/gpu_tier.py: nvidia-smi showed a GPU, so MXNet not seeing one is a failure, not a skip.
+REQUIRE_GPU = os.environ.get("D2LBN_REQUIRE_GPU", "") not in ("", "0")
 CTX = mx.cpu(1) if ON_CPU else mx.gpu(0)
+
+
+def _mxnet_gpus() -> int:
+    try:
+        return mx.context.num_gpus()
+    except mx.base.MXNetError as err:           # a CUDA wheel that cannot talk to the driver
+        if REQUIRE_GPU:
+            pytest.fail(f"MXNet could not count the GPUs: {err}", pytrace=False)
+        return 0
+
+
+NUM_GPUS = _mxnet_gpus()
+if REQUIRE_GPU and not ON_CPU and NUM_GPUS == 0:
+    pytest.fail("D2LBN_REQUIRE_GPU is set (nvidia-smi lists a GPU) but MXNet sees none: is the "
+                f"installed mxnet a CUDA build? ({mx.__file__}, mxnet {mx.__version__})",
+                pytrace=False)
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not ON_CPU and mx.context.num_gpus() == 0,
+    pytest.mark.skipif(not ON_CPU and NUM_GPUS == 0,
                        reason="no GPU visible to MXNet (mx.context.num_gpus() == 0: no GPU here, "
                               "or the CPU wheel of mxnet); run `make test-gpu` on a machine with an "
                               "NVIDIA GPU"),
@@ -60,6 +78,15 @@ MOMENTUM = 0.9
 def on_ctx(*arrays):
     """The contexts of ``arrays`` that are not CTX (empty when all are on it)."""
     return [str(a.context) for a in arrays if a.context != CTX]
+
+
+def test_device_helpers_pick_the_gpu():
+    """d2lbn.device, which every chapter uses to choose where to run, finds the GPU."""
+    if ON_CPU:
+        pytest.skip("D2LBN_GPU_TESTS_ON_CPU: there is no GPU for d2lbn.device to find")
+    assert device.num_gpus() == NUM_GPUS >= 1
+    assert device.try_gpu() == mx.gpu(0)
+    assert device.try_all_gpus() == [mx.gpu(i) for i in range(NUM_GPUS)]
 
 
 # ---- the from-scratch layer on the GPU -------------------------------------------------------------
@@ -106,6 +133,33 @@ def test_layer_on_gpu_matches_numpy(impl, shape, dtype, rng):
     expected = (gamma.reshape(axes_shape) * (x - m_.reshape(axes_shape))
                 / np.sqrt(v_.reshape(axes_shape) + 1e-5) + beta.reshape(axes_shape))
     np.testing.assert_allclose(Y_inf.asnumpy(), expected, **TOL[dtype], err_msg="inference")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(16, 5), (4, 3, 6, 6)])
+def test_layer_norm_on_gpu_matches_numpy(shape, dtype, rng):
+    """d2lbn.norm.LayerNorm on the GPU: statistics per example, against float64 NumPy."""
+    C = shape[1]
+    x = rng.normal(2.0, 3.0, size=shape)
+    gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(size=C)
+    layer = norm.LayerNorm(C, len(shape))
+    layer.initialize(ctx=CTX)
+    layer.cast(dtype)
+    layer.gamma.set_data(nd.array(gamma, ctx=CTX, dtype=dtype))
+    layer.beta.set_data(nd.array(beta, ctx=CTX, dtype=dtype))
+    X = nd.array(x, ctx=CTX, dtype=dtype)
+    X.attach_grad()
+    with autograd.record():
+        Y = layer(X)
+    Y.backward()
+    assert on_ctx(Y, X.grad, layer.gamma.grad(CTX), layer.beta.grad(CTX)) == []
+    axes = tuple(range(1, len(shape)))
+    pshape = (1, C) + (1,) * (len(shape) - 2)
+    mean, var = x.mean(axis=axes, keepdims=True), x.var(axis=axes, keepdims=True)
+    expected = gamma.reshape(pshape) * (x - mean) / np.sqrt(var + 1e-5) + beta.reshape(pshape)
+    np.testing.assert_allclose(Y.asnumpy(), expected, **TOL[dtype])
+    # with a head gradient of ones, d beta is the count of values per feature/channel
+    np.testing.assert_allclose(layer.beta.grad(CTX).asnumpy(), np.full(C, x.size / C), **TOL[dtype])
 
 
 # ---- which variance MXNet's GPU kernels keep --------------------------------------------------------
