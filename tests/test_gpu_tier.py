@@ -215,3 +215,45 @@ def test_gpu_tests_fail_rather_than_skip_when_a_gpu_is_required():
     assert "D2LBN_REQUIRE_GPU is set (nvidia-smi lists a GPU) but MXNet sees none" in required.stdout
     plain = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0 and "1 skipped" in plain.stdout, plain.stdout
+
+
+def test_main_builds_once_then_reuses_the_venv(tmp_path, monkeypatch):
+    """The non-dry run with subprocess.run recorded instead of run: it builds the venv (make_venv.sh,
+    pip, the requirements file with the CUDA wheel, d2lbn --no-deps), stamps it, runs pytest -m gpu
+    with D2LBN_REQUIRE_GPU=1 and returns pytest's exit code; a second run reuses the venv."""
+    venv = tmp_path / "venv-gpu"
+    calls = []
+
+    class Done:
+        returncode = 3                                   # pytest's code, passed through
+
+    def fake_run(cmd, check=False, **kwargs):
+        calls.append((cmd, kwargs.get("env")))
+        if cmd[0].endswith("make_venv.sh"):
+            Path(cmd[1]).mkdir()
+        return Done()
+
+    monkeypatch.setattr(gpu_tier, "detect", lambda: (["NVIDIA H200"], (12, 4)))
+    monkeypatch.setattr(gpu_tier.subprocess, "run", fake_run)
+    monkeypatch.delenv("D2LBN_MXNET_CUDA_WHEEL", raising=False)
+    assert gpu_tier.main(["--venv", str(venv)]) == 3
+    commands = [cmd for cmd, _ in calls]
+    assert commands[0] == [str(ROOT / "tools" / "make_venv.sh"), str(venv)]
+    assert commands[2][-2:] == ["-r", str(venv / "requirements-gpu.txt")]
+    assert commands[3][-3:] == ["--no-deps", "-e", str(ROOT)]
+    assert commands[4][1:5] == ["-m", "pytest", "-m", "gpu"] and len(commands) == 5
+    assert calls[4][1]["D2LBN_REQUIRE_GPU"] == "1"
+    assert "mxnet-cu117==1.9.1\n" in (venv / "requirements-gpu.txt").read_text()
+    assert (venv / ".installed").read_text().startswith("mxnet-cu117\n")
+    calls.clear()
+    assert gpu_tier.main(["--venv", str(venv)]) == 3
+    assert len(calls) == 1 and calls[0][0][1:5] == ["-m", "pytest", "-m", "gpu"]
+    # another wheel (the override) rebuilds
+    calls.clear()
+    monkeypatch.setenv("D2LBN_MXNET_CUDA_WHEEL", "mxnet-cu112")
+    monkeypatch.setattr(gpu_tier, "detect", lambda: (["NVIDIA H200"], (12, 4)))
+    Path(venv).joinpath("pyvenv.cfg").write_text("")      # make_venv.sh would reuse the folder
+    monkeypatch.setattr(gpu_tier.subprocess, "run",
+                        lambda cmd, check=False, **kw: calls.append(cmd) or Done())
+    assert gpu_tier.main(["--venv", str(venv)]) == 3
+    assert len(calls) == 5 and "mxnet-cu112==1.9.1\n" in (venv / "requirements-gpu.txt").read_text()
