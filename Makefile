@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: book test site-test unit notebooks build-book lab bench clean test-numpy126
+.PHONY: test-gpu
 
 $(STAMP): requirements.txt pyproject.toml
 	PYTHON='$(PYTHON)' tools/make_venv.sh $(VENV)
@@ -57,6 +58,12 @@ $(VENV126)/.installed: requirements.txt pyproject.toml
 test-numpy126: $(VENV126)/.installed
 	$(VENV126)/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.26"), numpy.__version__'
 	$(VENV126)/bin/python -m pytest tests -q --ignore=tests/site --ignore=tests/test_python_choice.py -p no:cacheprovider
+
+# The GPU tier (not part of make test): when nvidia-smi shows a GPU, builds .venv-gpu with the CUDA
+# build of mxnet 1.9.1 for the driver and runs the tests marked gpu (tests/gpu); without a GPU it says
+# why it skipped and exits 0. Any python3 runs tools/gpu_tier.py (standard library only).
+test-gpu:
+	python3 tools/gpu_tier.py
 
 clean:
 	rm -rf _build .pytest_cache
