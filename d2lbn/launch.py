@@ -1,26 +1,31 @@
-"""Start MXNet's parameter server on this machine: a scheduler, servers and workers as child processes.
+"""Start MXNet's parameter server here: scheduler, servers, workers as child processes.
 
-``python -m d2lbn launch -n 2 [-s 1] -- python -m d2lbn train --kvstore dist_sync ...`` does what
-MXNet's ``tools/launch.py --launcher local`` does, with the care a book's test suite needs:
+``python -m d2lbn launch -n 2 [-s 1] -- python -m d2lbn train --kvstore dist_sync ...``
+does what MXNet's ``tools/launch.py --launcher local`` does, with the care a book's test
+suite needs:
 
-* every process gets the ``DMLC_*`` environment of its role (:func:`role_env`); the scheduler and the
-  servers run ``python -c 'import mxnet'`` (importing MXNet with ``DMLC_ROLE=server`` or
-  ``scheduler`` runs that role and returns when the job ends), the workers run the command;
-* everything listens on 127.0.0.1 only, the scheduler on a port found free at launch time
-  (:func:`free_port`), servers and workers on free ports handed out in increasing order, so that
-  the rank the scheduler assigns (it sorts nodes by port) is the worker's launch index;
+* every process gets the ``DMLC_*`` environment of its role (:func:`role_env`); the
+  scheduler and the servers run ``python -c 'import mxnet'`` (importing MXNet with
+  ``DMLC_ROLE=server`` or ``scheduler`` runs that role and returns when the job ends),
+  the workers run the command;
+* everything listens on 127.0.0.1 only, the scheduler on a port found free at launch
+  time (:func:`free_port`), servers and workers on free ports handed out in increasing
+  order, so that the rank the scheduler assigns (it sorts nodes by port) is the worker's
+  launch index;
 * each output line is prefixed with the process's role and rank, ``[worker 1] ...``;
-* MXNet's synchronous engine (``MXNET_ENGINE_TYPE=NaiveEngine``) unless the environment names
-  another: with the default threaded engine, training through ``dist_sync`` gave wrong weights in
-  three of nine trial runs here (one worker; MXNet 1.9.1, CPU), always right with the naive one;
-* if any process dies with an error, or the launcher gets Ctrl-C (SIGINT) or SIGTERM, every other
-  process is stopped (SIGTERM, then SIGKILL after a grace period), one line says which process
-  failed and how, and the launcher returns non-zero; each child runs in its own process group and
-  is told by the kernel to die with the launcher (``PR_SET_PDEATHSIG``), so none is left behind.
+* MXNet's synchronous engine (``MXNET_ENGINE_TYPE=NaiveEngine``) unless the environment
+  names another: with the default threaded engine, training through ``dist_sync`` gave
+  wrong weights in three of nine trial runs here (one worker; MXNet 1.9.1, CPU), always
+  right with the naive one;
+* if any process dies with an error, or the launcher gets Ctrl-C (SIGINT) or SIGTERM,
+  every other process is stopped (SIGTERM, then SIGKILL after a grace period), one line
+  says which process failed and how, and the launcher returns non-zero; each child runs
+  in its own process group and is told by the kernel to die with the launcher
+  (``PR_SET_PDEATHSIG``), so none is left behind.
 
-With ``--hostfile FILE`` (one host per line) :func:`hostfile_commands` prints, instead of running
-anything, the ``ssh`` command lines that start the same job on several machines, as MXNet's ssh
-launcher would.
+With ``--hostfile FILE`` (one host per line) :func:`hostfile_commands` prints, instead
+of running anything, the ``ssh`` command lines that start the same job on several
+machines, as MXNet's ssh launcher would.
 """
 from __future__ import annotations
 
@@ -36,14 +41,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, IO, List, Optional, Sequence
 
-__all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "launch", "launch_main", "main",
-           "add_arguments", "run_args",
+__all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "launch",
+           "launch_main", "main", "add_arguments", "run_args",
            "hostfile_commands", "read_hostfile", "LOCALHOST", "SERVER_COMMAND"]
 
 LOCALHOST = "127.0.0.1"
-#: What the scheduler and the servers run: importing mxnet with DMLC_ROLE set runs the role.
+#: What the scheduler and the servers run: importing mxnet with DMLC_ROLE set runs
+#: the role.
 SERVER_COMMAND = [sys.executable, "-c", "import mxnet"]
-#: Set in every process unless the environment already sets them (see the module's docstring).
+#: Set in every process unless the environment already sets them (see the
+#: module's docstring).
 ENV_DEFAULTS = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
 #: Seconds between SIGTERM and SIGKILL when stopping the processes.
 GRACE_SECONDS = 3.0
@@ -58,13 +65,15 @@ class LaunchError(RuntimeError):
 
 
 def free_port(host: str = LOCALHOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now (the kernel's choice)."""
+    """A TCP port on ``host`` that nothing listens on right now (the kernel's choice).
+    """
     return free_ports(1, host)[0]
 
 
 def free_ports(n: int, host: str = LOCALHOST) -> List[int]:
-    """``n`` distinct free TCP ports on ``host``, in increasing order (all held open until all are
-    found, so they differ; released before returning, so another program could still take one)."""
+    """``n`` distinct free TCP ports on ``host``, in increasing order (all held open
+    until all are found, so they differ; released before returning, so another program
+    could still take one)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative int; got {n!r}")
     sockets = []
@@ -89,7 +98,8 @@ def role_env(role: str, root_uri: str, root_port: int, num_workers: int,
     on (``PORT``; the scheduler ranks workers, and servers, by increasing port).
     """
     if role not in ("scheduler", "server", "worker"):
-        raise ValueError(f"role must be 'scheduler', 'server' or 'worker'; got {role!r}")
+        raise ValueError(f"role must be 'scheduler', 'server' or 'worker'; "
+                         f"got {role!r}")
     for name, value in (("num_workers", num_workers), ("num_servers", num_servers)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int; got {value!r}")
@@ -105,7 +115,8 @@ def role_env(role: str, root_uri: str, root_port: int, num_workers: int,
 
 @dataclass
 class Process:
-    """One process of the job: its label (``'worker 1'``), command, and the running Popen."""
+    """One process of the job: its label (``'worker 1'``), command, and the
+    running Popen."""
     role: str
     rank: int
     command: List[str]
@@ -118,22 +129,24 @@ class Process:
         return "scheduler" if self.role == "scheduler" else f"{self.role} {self.rank}"
 
     def describe_exit(self) -> str:
-        """``'worker 1 (pid 123) exited with status 2'`` or ``'... was killed by SIGKILL'``."""
+        """``'worker 1 (pid 123) exited with status 2'`` or
+        ``'... was killed by SIGKILL'``."""
         code = self.popen.returncode
         what = (f"was killed by {signal.Signals(-code).name}" if code < 0
                 else f"exited with status {code}")
         return f"{self.label} (pid {self.popen.pid}) {what}"
 
 
-try:                                       # looked up once, in the launcher, not in the forked child
+try:                          # looked up once, in the launcher, not in the forked child
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):          # not Linux: the launcher still stops its children itself
-    _PRCTL = None
+except (OSError, AttributeError):
+    _PRCTL = None             # not Linux: the launcher still stops its children itself
 
 
 def _die_with_parent() -> None:           # runs in the child between fork and exec
     if _PRCTL is not None:
-        _PRCTL(1, int(signal.SIGKILL))     # PR_SET_PDEATHSIG: SIGKILL this child if the launcher dies
+        # PR_SET_PDEATHSIG: SIGKILL this child if the launcher dies
+        _PRCTL(1, int(signal.SIGKILL))
 
 
 def _pump(proc: Process, out: IO[str], lock: threading.Lock) -> None:
@@ -158,7 +171,8 @@ def _start(proc: Process, out: IO[str], lock: threading.Lock) -> None:
 
 
 def _stop(procs: Sequence[Process], grace: float = GRACE_SECONDS) -> None:
-    """SIGTERM every running process's group, wait up to ``grace`` seconds, then SIGKILL the rest."""
+    """SIGTERM every running process's group, wait up to ``grace`` seconds, then SIGKILL
+    the rest."""
     running = [p for p in procs if p.popen is not None and p.popen.poll() is None]
     for p in running:
         _signal_group(p, signal.SIGTERM)
@@ -183,10 +197,12 @@ def _signal_group(p: Process, sig: int) -> None:
         pass
 
 
-def _check_args(command: Sequence[str], num_workers: int, num_servers: int) -> List[str]:
-    if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
-        raise ValueError(f"command must be a non-empty list of strings (the worker's argv); "
-                         f"got {command!r}")
+def _check_args(command: Sequence[str], num_workers: int,
+                num_servers: int) -> List[str]:
+    if (isinstance(command, str) or not command
+            or not all(isinstance(c, str) for c in command)):
+        raise ValueError(f"command must be a non-empty list of strings (the worker's "
+                         f"argv); got {command!r}")
     for name, value in (("num_workers", num_workers), ("num_servers", num_servers)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int; got {value!r}")
@@ -196,20 +212,24 @@ def _check_args(command: Sequence[str], num_workers: int, num_servers: int) -> L
 def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
            out: Optional[IO[str]] = None, env: Optional[Dict[str, str]] = None,
            timeout: Optional[float] = None, shutdown_seconds: float = 30.0) -> int:
-    """Run ``command`` as ``num_workers`` workers of a parameter-server job on 127.0.0.1.
+    """Run ``command`` as ``num_workers`` workers of a parameter-server job
+    on 127.0.0.1.
 
-    Starts the scheduler, ``num_servers`` servers and the workers (worker k gets rank k), copies
-    their output to ``out`` (default ``sys.stdout``) with a ``[role rank]`` prefix, and returns 0
-    when every worker exits with 0. ``env``: extra environment variables for every process.
-    Raises :class:`LaunchError` (message: which process failed and how; ``returncode``: the exit
-    status the launcher should use) when a process fails, when ``timeout`` seconds pass, or on
-    KeyboardInterrupt/SIGTERM; every process has been stopped by then.
+
+    Starts the scheduler, ``num_servers`` servers and the workers (worker k gets rank
+    k), copies their output to ``out`` (default ``sys.stdout``) with a ``[role rank]``
+    prefix, and returns 0 when every worker exits with 0. ``env``: extra environment
+    variables for every process. Raises :class:`LaunchError` (message: which process
+    failed and how; ``returncode``: the exit status the launcher should use) when a
+    process fails, when ``timeout`` seconds pass, or on KeyboardInterrupt/SIGTERM; every
+    process has been stopped by then.
     """
     command = _check_args(command, num_workers, num_servers)
     out = sys.stdout if out is None else out
     lock = threading.Lock()
     root_port = free_port()
-    # servers first, then workers, each with ports in increasing order: ranks follow launch order
+    # servers first, then workers, each with ports in increasing order: ranks follow
+    # launch order
     ports = free_ports(num_servers + num_workers)
     server_ports, worker_ports = ports[:num_servers], ports[num_servers:]
     common = dict(root_uri=LOCALHOST, root_port=root_port, num_workers=num_workers,
@@ -219,13 +239,15 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
                       role_env("server", node_host=LOCALHOST, node_port=port, **common))
               for k, port in enumerate(server_ports)]
     workers = [Process("worker", k, command,
-                       role_env("worker", node_host=LOCALHOST, node_port=port, **common))
+                       role_env("worker", node_host=LOCALHOST, node_port=port,
+                                **common))
                for k, port in enumerate(worker_ports)]
     procs += workers
     for p in procs:
         p.env.update({k: v for k, v in ENV_DEFAULTS.items() if k not in os.environ})
         p.env.update(env or {})
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    previous = (signal.getsignal(signal.SIGTERM)
+                if threading.current_thread() is threading.main_thread() else None)
 
     def on_sigterm(signum, frame):
         raise KeyboardInterrupt("SIGTERM")
@@ -239,8 +261,9 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
                 _start(p, out, lock)
             except OSError as err:
                 _stop(procs)
-                raise LaunchError(f"launch: cannot start {p.label} ({' '.join(p.command)}): "
-                                  f"{err.strerror or err}", 127) from None
+                raise LaunchError(f"launch: cannot start {p.label} "
+                                  f"({' '.join(p.command)}): {err.strerror or err}",
+                                  127) from None
         for p in procs:
             p.reader.start()
         finished_at = None
@@ -251,11 +274,15 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
                     others = sum(q.popen.poll() is None for q in procs)
                     _stop(procs)
                     status = 128 - code if code < 0 else code
-                    raise LaunchError(f"launch: {p.describe_exit()}; stopped the other {others} "
-                                      f"process{'es' if others != 1 else ''}", status)
-                if code is None and p.role != "worker" and all(w.popen.poll() == 0 for w in workers):
+                    raise LaunchError(f"launch: {p.describe_exit()}; stopped the other "
+                                      f"{others} process{'es' if others != 1 else ''}",
+                                      status)
+                if (code is None and p.role != "worker"
+                        and all(w.popen.poll() == 0 for w in workers)):
+
                     finished_at = finished_at or time.monotonic()
-                    if time.monotonic() - finished_at > shutdown_seconds:   # should exit by itself
+                    # should exit by itself
+                    if time.monotonic() - finished_at > shutdown_seconds:
                         _stop(procs)
                         return 0
             if all(p.popen.poll() == 0 for p in procs):
@@ -282,10 +309,11 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
             signal.signal(signal.SIGTERM, previous)
 
 
-# ---- several machines: print the commands -------------------------------------------------------
+# ---- several machines: print the commands --------------------------------------------
 
 def read_hostfile(path: str) -> List[str]:
-    """Hosts named in ``path``, one per line (``#`` starts a comment; blank lines are skipped)."""
+    """Hosts named in ``path``, one per line (``#`` starts a comment; blank lines are
+    skipped)."""
     try:
         with open(path) as f:
             hosts = [line.split("#", 1)[0].strip() for line in f]
@@ -301,14 +329,15 @@ def read_hostfile(path: str) -> List[str]:
 
 
 def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int,
-                      hosts: Sequence[str], port: int = 9091, workdir: Optional[str] = None
-                      ) -> List[str]:
+                      hosts: Sequence[str], port: int = 9091,
+                      workdir: Optional[str] = None) -> List[str]:
     """Shell command lines (``ssh HOST '...'``) that start the job on several machines.
 
-    As MXNet's ssh launcher does: the scheduler runs on the first host at ``port``; servers and
-    workers are placed on the hosts in turn (round robin), each with its ``DMLC_*`` environment;
-    every host must reach the first host's ``port`` and have the same Python environment and
-    ``workdir`` (default: the current directory). Returns one line per process, scheduler first.
+    As MXNet's ssh launcher does: the scheduler runs on the first host at ``port``;
+    servers and workers are placed on the hosts in turn (round robin), each with its
+    ``DMLC_*`` environment; every host must reach the first host's ``port`` and have the
+    same Python environment and ``workdir`` (default: the current directory). Returns
+    one line per process, scheduler first.
     """
     command = _check_args(command, num_workers, num_servers)
     hosts = list(hosts)
@@ -317,7 +346,8 @@ def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an int in 1..65535; got {port!r}")
     workdir = workdir or os.getcwd()
-    common = dict(root_uri=hosts[0], root_port=port, num_workers=num_workers, num_servers=num_servers)
+    common = dict(root_uri=hosts[0], root_port=port, num_workers=num_workers,
+                  num_servers=num_servers)
     server = " ".join(shlex.quote(c) for c in ["python", "-c", "import mxnet"])
     worker = " ".join(shlex.quote(c) for c in command)
     jobs = [("scheduler", hosts[0], role_env("scheduler", **common), server)]
@@ -330,18 +360,21 @@ def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int
         env = {**env, **ENV_DEFAULTS}
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         remote = f"cd {shlex.quote(workdir)} && env {exports} {cmd}"
-        lines.append(f"ssh -o StrictHostKeyChecking=no {shlex.quote(host)} {shlex.quote(remote)} &")
+        lines.append(f"ssh -o StrictHostKeyChecking=no {shlex.quote(host)} "
+                     f"{shlex.quote(remote)} &")
     return lines
 
 
 def launch_main(command: Sequence[str], num_workers: int, num_servers: int = 1,
                 hostfile: Optional[str] = None, port: int = 9091) -> int:
-    """What ``python -m d2lbn launch`` does; returns the exit status (errors: one line on stderr)."""
+    """What ``python -m d2lbn launch`` does; returns the exit status (errors: one line
+    on stderr)."""
     try:
         if hostfile is not None:
-            lines = hostfile_commands(command, num_workers, num_servers, read_hostfile(hostfile), port)
-            print("# start these on the first host (the scheduler's); each line runs one process",
-                  flush=True)
+            lines = hostfile_commands(command, num_workers, num_servers,
+                                      read_hostfile(hostfile), port)
+            print("# start these on the first host (the scheduler's); each line runs "
+                  "one process", flush=True)
             print("\n".join(lines) + "\nwait", flush=True)
             return 0
         return launch(command, num_workers, num_servers)
@@ -354,22 +387,28 @@ def launch_main(command: Sequence[str], num_workers: int, num_servers: int = 1,
 
 
 def add_arguments(parser) -> None:
-    """The options of ``python -m d2lbn launch`` (added to ``parser``, an argparse parser)."""
-    parser.add_argument("-n", "--num-workers", type=int, required=True, metavar="WORKERS",
+    """The options of ``python -m d2lbn launch`` (added to ``parser``, an argparse
+    parser)."""
+    parser.add_argument("-n", "--num-workers", type=int, required=True,
+                        metavar="WORKERS",
                         help="number of worker processes (each runs the command)")
     parser.add_argument("-s", "--num-servers", type=int, default=1, metavar="SERVERS",
                         help="number of parameter servers (default 1)")
     parser.add_argument("--hostfile", metavar="FILE",
-                        help="print the ssh commands that run the job on the hosts in FILE "
-                             "(one per line; the scheduler on the first) instead of running it here")
+                        help="print the ssh commands that run the job on the hosts in "
+                             "FILE (one per line; the scheduler on the first) instead "
+                             "of running it here")
     parser.add_argument("--port", type=int, default=9091,
-                        help="the scheduler's port with --hostfile (here: a free port is found)")
+                        help="the scheduler's port with --hostfile (here: a free port "
+                             "is found)")
     parser.add_argument("command", nargs="+", metavar="-- COMMAND",
-                        help="what each worker runs, e.g. python -m d2lbn train --kvstore dist_sync")
+                        help="what each worker runs, e.g. python -m d2lbn train "
+                             "--kvstore dist_sync")
 
 
 def run_args(args) -> int:
-    """Run a parsed ``launch`` command line (see :func:`add_arguments`); returns the exit status."""
+    """Run a parsed ``launch`` command line (see :func:`add_arguments`); returns the
+    exit status."""
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
@@ -381,13 +420,17 @@ def run_args(args) -> int:
     if not command:
         print("error: give the workers' command after --", file=sys.stderr)
         return 2
-    return launch_main(command, args.num_workers, args.num_servers, args.hostfile, args.port)
+    return launch_main(command, args.num_workers, args.num_servers, args.hostfile,
+                       args.port)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m d2lbn.launch -n 2 -- COMMAND`` (the same as ``python -m d2lbn launch``)."""
+    """``python -m d2lbn.launch -n 2 -- COMMAND`` (the same as
+    ``python -m d2lbn launch``)."""
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m d2lbn launch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m d2lbn launch",
+                                     description=__doc__.splitlines()[0])
+
     add_arguments(parser)
     return run_args(parser.parse_args(argv))
 
