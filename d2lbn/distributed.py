@@ -123,7 +123,6 @@ class KVStoreBatchNormTrain(Function):
     """Training-mode batch norm over the global batch of all workers:
     X, gamma, beta -> Y.
 
-
     ``forward``: each worker's per-channel count m_k, sum and sum of squares (in
     float64, so that E[x^2] - E[x]^2 keeps its digits) are summed over the workers
     through the kvstore (key ``keys[0]``, a (3, C) float64 array); every worker then
@@ -165,7 +164,7 @@ class KVStoreBatchNormTrain(Function):
     def backward(self, dY: nd.NDArray):
         Xc, inv_std, k = self.saved_tensors
         dbeta = channel_sum(dY)                                # this worker's sum(dy)
-        dgamma = channel_sum(nd.elemwise_mul(dY, Xc)) * inv_std   # and sum(dy x_hat)
+        dgamma = channel_sum(nd.elemwise_mul(dY, Xc)) * inv_std  # and sum(dy x_hat)
         sums = nd.stack(dbeta, dgamma)
         total = all_reduce(self.kv, self.keys[1], sums)        # (2, C): global sums
         inv_M = 1.0 / self.count.astype("float32")
