@@ -217,7 +217,7 @@ def test_math_is_typeset(page, visit):
 
 @pytest.mark.parametrize("page", PAGES, ids=_ids)
 def test_code_blocks_fit_the_page(page, visit):
-    """No code block (cell input, literalinclude, cell output) scrolls sideways at 1280 px: shown code
+    """No code block (cell input, literalinclude; outputs wrap by CSS) scrolls sideways at 1280 px: code
     stays within about 88 characters a line (tests/test_code_width.py checks the sources)."""
     wide = visit(page)["wideCode"]
     assert not wide, (f"{page.docname}: {len(wide)} code block(s) scroll sideways at the desktop width:\n"
