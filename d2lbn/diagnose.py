@@ -131,6 +131,11 @@ def input_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context, traini
     result is the average of the per-batch means and biased variances, what Algorithm 2 averages.
     The moving statistics are left as they were.
     """
+    return _input_statistics(net, batches, ctx, training, num_batches)[0]
+
+
+def _input_statistics(net, batches, ctx, training, num_batches):
+    """:func:`input_statistics` and the number of batches used."""
     _check_net(net)
     layers = leaf_layers(net)
     bn_layers = [layer for layer in layers if is_batch_norm(layer)]
@@ -168,7 +173,7 @@ def input_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context, traini
             w = np.asarray(counts, dtype=np.float64)[:, None] / sum(counts)
             pooled = (w * ms).sum(axis=0)
             result.append((pooled, (w * (vs + (ms - pooled) ** 2)).sum(axis=0)))
-    return result
+    return result, len(counts)
 
 
 # ---- 1. the inference-statistics diagnostic -------------------------------------------------------------
@@ -192,21 +197,26 @@ class LayerCheck:
     disagrees: bool
 
 
-def compare_statistics(net: gluon.Block, X: nd.NDArray, ctx: Optional[mx.Context] = None,
-                       batch_size: int = 256, mean_tol: float = 0.5, var_tol: float = 2.0
-                       ) -> List[LayerCheck]:
-    """Compare every batch-norm layer's moving statistics with the statistics of the inputs it
-    receives when ``net`` runs in inference mode on ``X`` (a sample of inference data, (N, ...)),
-    fed in batches of ``batch_size``. A layer disagrees when its ``mean_shift`` exceeds ``mean_tol``
-    or its ``var_ratio`` exceeds ``var_tol`` (see :class:`LayerCheck`). Layers after a disagreeing
-    one often disagree too, because their inputs are already off: the first one named is where to
-    look. Returns one :class:`LayerCheck` per layer, in order."""
+def compare_statistics(net: gluon.Block, X: nd.NDArray,
+                       ctx: Optional[mx.Context] = None, batch_size: int = 256,
+                       mean_tol: float = 1.0, var_tol: float = 2.0) -> List[LayerCheck]:
+    """Compare each batch-norm layer's moving statistics with the statistics of the
+    inputs it receives when ``net`` runs in inference mode on ``X: (N, ...)``, a sample
+    of inference data fed in batches of ``batch_size``.
+
+    A layer disagrees when its ``mean_shift`` exceeds ``mean_tol`` (stored standard
+    deviations) or its ``var_ratio`` exceeds ``var_tol`` (see :class:`LayerCheck`).
+    Layers after a disagreeing one often disagree too, because their inputs are already
+    off: look at the first one named. Returns one :class:`LayerCheck` per layer."""
     if not isinstance(X, nd.NDArray) or X.ndim < 2:
-        raise TypeError(f"X must be an mxnet NDArray of shape (N, ...); got {type(X).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise TypeError(f"X must be an mxnet NDArray of shape (N, ...); "
+                        f"got {type(X).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
+            or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if not mean_tol > 0 or not var_tol > 1:
-        raise ValueError(f"mean_tol must be > 0 and var_tol > 1; got {mean_tol!r} and {var_tol!r}")
+        raise ValueError(f"mean_tol must be > 0 and var_tol > 1; "
+                         f"got {mean_tol!r} and {var_tol!r}")
     ctx = ctx or X.context
     batches = [(X[i:i + batch_size], None) for i in range(0, X.shape[0], batch_size)]
     observed = input_statistics(net, batches, ctx, training=False)
@@ -222,7 +232,8 @@ def compare_statistics(net: gluon.Block, X: nd.NDArray, ctx: Optional[mx.Context
         mean_shift = float(np.max(shift)) if finite else math.nan
         var_ratio = float(np.max(ratio)) if finite else math.nan
         disagrees = not finite or mean_shift > mean_tol or var_ratio > var_tol
-        checks.append(LayerCheck(i, layer.name, len(m_mean), mean_shift, var_ratio, finite, disagrees))
+        checks.append(LayerCheck(i, layer.name, len(m_mean), mean_shift, var_ratio,
+                                 finite, disagrees))
     return checks
 
 
@@ -265,24 +276,21 @@ def check_moving_statistics(net: gluon.Block, max_var: float = 1e6) -> List[str]
 
 def recompute_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context,
                          num_batches: Optional[int] = None) -> int:
-    """Replace every batch-norm layer's moving statistics by the average, over the batches of
-    ``batches`` (at most ``num_batches``), of the batch mean and biased batch variance of its input,
-    with the net in training mode (:func:`input_statistics` with ``training=True``). This is
-    Algorithm 2 of Ioffe & Szegedy (2015) with MXNet's biased variance, and what SWA's "update the
-    batch-norm statistics" pass does. No weight changes. Returns the number of batches used."""
-    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+    """Replace each batch-norm layer's moving statistics by the average, over the
+    batches of ``batches`` (at most ``num_batches``), of the mean and biased variance of
+    the layer's input, the net running in training mode (:func:`input_statistics` with
+    ``training=True``). Algorithm 2 of Ioffe & Szegedy (2015) with MXNet's biased
+    variance; what SWA's "update the batch-norm statistics" pass does. No weight
+    changes. Returns the number of batches used."""
+    if num_batches is not None and (isinstance(num_batches, bool)
+                                    or not isinstance(num_batches, int)
                                     or num_batches <= 0):
-        raise ValueError(f"num_batches must be a positive int or None; got {num_batches!r}")
-    used = []
-
-    def counted():
-        for batch in batches:
-            used.append(1)
-            yield batch
-    stats = input_statistics(net, counted(), ctx, training=True, num_batches=num_batches)
+        raise ValueError(f"num_batches must be a positive int or None; "
+                         f"got {num_batches!r}")
+    stats, used = _input_statistics(net, batches, ctx, True, num_batches)
     for layer, (mean, var) in zip(batch_norm_layers(net), stats):
         set_moving_statistics(layer, mean, var)
-    return min(len(used), num_batches or len(used))
+    return used
 
 
 # ---- 3. freezing ------------------------------------------------------------------------------------------
