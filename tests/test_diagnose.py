@@ -285,3 +285,19 @@ def test_channel_moments_and_relative_difference():
     with pytest.raises(ValueError, match="shape"):
         D.channel_moments(nd.zeros((2, 3, 4)))
     assert math.isclose(D.relative_difference([1.0, 1.0], [1.0, 1.0]), 0.0)
+
+
+def test_bad_arguments_name_the_argument():
+    net = _two_bn_net("gluon")
+    with pytest.raises(ValueError, match="num_batches"):
+        D.recompute_statistics(net, [], mx.cpu(), num_batches=0)
+    with pytest.raises(ValueError, match="batches yielded no batch"):
+        D.recompute_statistics(net, [], mx.cpu())
+    with pytest.raises(ValueError, match="micro_batch"):
+        D.train_accumulated(_mlp(False), [], 0, 1, 0.1, mx.cpu())
+    with pytest.raises(TypeError, match="net must be a gluon Block"):
+        D.leaf_layers("not a net")
+    with pytest.raises(TypeError, match="not a batch-norm layer"):
+        D.moving_statistics(nn.Dense(3))
+    with pytest.raises(ValueError, match="mean must have shape"):
+        D.set_moving_statistics(D.batch_norm_layers(net)[0], [0.0, 0.0], [1.0, 1.0, 1.0])
