@@ -273,6 +273,7 @@ class RunResult:
     test_acc: List[float]
     loss: List[float]
     diverged: bool
+    seed: Optional[int] = None
 
     @property
     def final_acc(self) -> float:
@@ -294,9 +295,11 @@ def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1, batch_s
                         ArrayLoader(test_X, test_y, 500), num_epochs, lr, ctx, seed=seed,
                         init=initializer, progress=False, plot=False, log=lambda line: None)
     except NonFiniteLossError as error:
-        return RunResult(norm, lr, sigma, list(error.history.test_acc), list(error.history.loss), True)
+        return RunResult(norm, lr, sigma, list(error.history.test_acc), list(error.history.loss), True,
+                         seed)
     loss = list(history.loss)
-    return RunResult(norm, lr, sigma, list(history.test_acc), loss, not all(map(math.isfinite, loss)))
+    return RunResult(norm, lr, sigma, list(history.test_acc), loss,
+                     not all(map(math.isfinite, loss)), seed)
 
 
 def sweep(norms: Sequence[Optional[str]], lrs: Sequence[float], data, sigmas: Sequence[Optional[float]] = (None,),

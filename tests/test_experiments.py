@@ -122,7 +122,7 @@ def test_short_run_reports_divergence_and_failures():
     data = (X, y, X[:64], y[:64])
     blown = E.short_run(None, 1e4, data, sigma=10.0)           # huge weights, huge steps
     ok = E.short_run(None, 0.05, data)
-    assert blown.diverged and blown.final_acc == 0.1
+    assert blown.diverged and blown.final_acc == 0.1 and blown.seed == 0
     assert not ok.diverged and len(ok.test_acc) == 1
     assert E.failures([blown, ok], below=0.0) == [blown]
 
