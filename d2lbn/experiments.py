@@ -117,8 +117,9 @@ accuracy = evaluate_accuracy
 
 
 def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
-    """Fraction of correct predictions over ``loader`` in *training* mode: each batch is normalised
-    with its own statistics, as during training. The moving statistics are left unchanged."""
+    """Fraction of correct predictions over ``loader`` in *training* mode: each batch is
+    normalised with its own statistics, as during training. The moving statistics are
+    left unchanged."""
     with frozen_moving_statistics(net), autograd.train_mode():
         return accuracy(net, loader, ctx)
 
@@ -126,16 +127,17 @@ def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
 # ---- 1. Figure 1 of the paper --------------------------------------------------------------------------
 
 class SigmoidMLP(nn.Block):
-    """The net of Ioffe & Szegedy (2015), Figure 1: ``num_layers`` fully connected layers of ``hidden``
-    sigmoid units (batch norm before each sigmoid when ``batch_norm``), then 10 scores.
+    """The net of Ioffe & Szegedy (2015), Figure 1: ``num_layers`` fully connected
+    layers of ``hidden`` sigmoid units (batch norm before each sigmoid when
+    ``batch_norm``), then 10 scores.
 
-    X: (N, 784) -> (N, 10). Weights are drawn from N(0, ``sigma``^2) ("small random Gaussian
-    values"), biases start at 0. :meth:`sigmoid_inputs` returns the inputs of the last hidden
-    layer's sigmoids, (N, hidden).
+    X: (N, 784) -> (N, 10). Weights are drawn from N(0, ``sigma``^2) ("small random
+    Gaussian values"), biases start at 0. :meth:`sigmoid_inputs` returns the inputs of
+    the last hidden layer's sigmoids, (N, hidden).
     """
 
-    def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3, sigma: float = 0.1,
-                 **kwargs):
+    def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3,
+                 sigma: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0; got {sigma!r}")
@@ -167,8 +169,9 @@ class SigmoidMLP(nn.Block):
         return self.output(self._hidden(X)[1])
 
     def sigmoid_inputs(self, X: nd.NDArray) -> nd.NDArray:
-        """Inputs of the last hidden layer's sigmoids as during training (batch statistics of X when
-        the net has batch norm), without changing the moving statistics. X: (N, 784) -> (N, hidden)."""
+        """Inputs of the last hidden layer's sigmoids as during training (batch
+        statistics of X when the net has batch norm), without changing the moving
+        statistics. X: (N, 784) -> (N, hidden)."""
         with frozen_moving_statistics(self), autograd.train_mode():
             return self._hidden(X)[0]
 
@@ -241,8 +244,9 @@ def steps_to_accuracy(result: Figure1Result, target: float) -> Optional[int]:
 
 
 def percentile_drift(result: Figure1Result, start_step: int = 0) -> float:
-    """How far the sigmoid inputs' percentiles move during training: for every unit and each of the
-    three percentiles, max - min over the measurements from ``start_step`` on, averaged over both."""
+    """How far the sigmoid inputs' percentiles move during training: for every unit and
+    each of the three percentiles, max - min over the measurements from ``start_step``
+    on, averaged over both."""
     keep = np.asarray(result.steps) >= start_step
     p = result.percentiles[keep]                       # (T, 3, hidden)
     return float((p.max(axis=0) - p.min(axis=0)).mean())
@@ -281,22 +285,25 @@ class RunResult:
         return 0.1 if self.diverged or not self.test_acc else self.test_acc[-1]
 
 
-def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1, batch_size: int = 64,
-              sigma: Optional[float] = None, seed: int = 0, ctx: mx.Context = mx.cpu()) -> RunResult:
-    """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y, test_X,
-    test_y)`` with ``d2lbn.train.train`` (SGD). Weights from N(0, sigma^2) when ``sigma`` is given,
-    Xavier otherwise. A NaN/inf loss ends the run with ``diverged=True``."""
+def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1,
+              batch_size: int = 64, sigma: Optional[float] = None, seed: int = 0,
+              ctx: mx.Context = mx.cpu()) -> RunResult:
+    """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y,
+    test_X, test_y)`` with ``d2lbn.train.train`` (SGD). Weights from N(0, sigma^2) when
+    ``sigma`` is given, Xavier otherwise. A NaN/inf loss ends the run with
+    ``diverged=True``."""
     from .train import NonFiniteLossError, train
     train_X, train_y, test_X, test_y = data
     net = lenet_with_norm(norm)
     initializer = mx_init.Normal(sigma) if sigma is not None else None
     try:
         history = train(net, ArrayLoader(train_X, train_y, batch_size, shuffle=True),
-                        ArrayLoader(test_X, test_y, 500), num_epochs, lr, ctx, seed=seed,
-                        init=initializer, progress=False, plot=False, log=lambda line: None)
+                        ArrayLoader(test_X, test_y, 500), num_epochs, lr, ctx,
+                        seed=seed, init=initializer, progress=False, plot=False,
+                        log=lambda line: None)
     except NonFiniteLossError as error:
-        return RunResult(norm, lr, sigma, list(error.history.test_acc), list(error.history.loss), True,
-                         seed)
+        return RunResult(norm, lr, sigma, list(error.history.test_acc),
+                         list(error.history.loss), True, seed)
     loss = list(history.loss)
     return RunResult(norm, lr, sigma, list(history.test_acc), loss,
                      not all(map(math.isfinite, loss)), seed)
@@ -397,16 +404,19 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
                            train_mode_accuracy(net, test_loader, ctx), ratios)
 
 
-def batch_mean_noise(X: nd.NDArray, batch_size: int, num_batches: int = 200) -> Tuple[float, float]:
-    """How much a batch's mean wanders: for X: (n, D), draw ``num_batches`` batches of ``batch_size``
-    rows at random (NumPy's global generator) and return (the standard deviation of the batch mean,
-    averaged over the D features; the prediction sqrt(var / batch_size) averaged likewise)."""
+def batch_mean_noise(X: nd.NDArray, batch_size: int,
+                     num_batches: int = 200) -> Tuple[float, float]:
+    """How much a batch's mean wanders: for X: (n, D), draw ``num_batches`` batches of
+    ``batch_size`` rows at random (NumPy's global generator) and return (the standard
+    deviation of the batch mean, averaged over the D features; the prediction sqrt(var /
+    batch_size) averaged likewise)."""
     if X.ndim != 2:
         raise ValueError(f"X must be (n, D); got shape {X.shape}")
     values = X.asnumpy().astype(np.float64)
     means = np.stack([values[np.random.randint(0, len(values), batch_size)].mean(axis=0)
                       for _ in range(num_batches)])
-    return float(means.std(axis=0).mean()), float(np.sqrt(values.var(axis=0) / batch_size).mean())
+    predicted = np.sqrt(values.var(axis=0) / batch_size)
+    return float(means.std(axis=0).mean()), float(predicted.mean())
 
 
 # ---- 4. precise statistics (Wu & Johnson, 2021) ----------------------------------------------------
@@ -449,23 +459,26 @@ def set_moving_statistics(net: gluon.Block, stats: Sequence[Tuple[np.ndarray, np
 
 def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context
                        ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Precise batch norm (Wu & Johnson, 2021): population statistics of every batch-norm layer as
-    the *equal-weight* average over ``num_batches`` training batches of ``loader`` (passing over it
-    again if it has fewer), with the weights fixed and every layer in training mode:
+    """Precise batch norm (Wu & Johnson, 2021): population statistics of every
+    batch-norm layer as the *equal-weight* average over ``num_batches`` training batches
+    of ``loader`` (passing over it again if it has fewer), with the weights fixed and
+    every layer in training mode:
 
     ``mean = E[mu_B]``, ``var = E[sigma2_B + mu_B**2] - mean**2``,
 
-    where mu_B and sigma2_B (biased) are a batch's statistics at the layer's input. For batches of
-    equal size this is the mean and biased variance of all their values pooled. Returns one
-    ``(mean, var)`` pair of float64 arrays (C,) per layer (as :func:`moving_statistics`); the net,
-    its moving statistics included, is left unchanged (store the result with
-    :func:`set_moving_statistics`). Works for ``d2lbn.norm.BatchNorm`` layers (statistics
-    read with momentum set to 0 for each batch)."""
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches <= 0:
+    where mu_B and sigma2_B (biased) are a batch's statistics at the layer's input. For
+    batches of equal size this is the mean and biased variance of all their values
+    pooled. Returns one ``(mean, var)`` pair of float64 arrays (C,) per layer (as
+    :func:`moving_statistics`); the net, its moving statistics included, is left
+    unchanged (store the result with :func:`set_moving_statistics`). Works for
+    ``d2lbn.norm.BatchNorm`` layers (statistics read with momentum set to 0 for each
+    batch)."""
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) \
+            or num_batches <= 0:
         raise ValueError(f"num_batches must be a positive int; got {num_batches!r}")
     layers = _norm_layers(net)
     if not layers:
-        raise ValueError("net has no d2lbn.norm.BatchNorm layer to compute precise statistics for")
+        raise ValueError("net has no d2lbn.norm.BatchNorm layer to take statistics of")
     sums = [[0.0, 0.0] for _ in layers]
     momenta = [layer.momentum for layer in layers]
     done = 0
@@ -494,14 +507,17 @@ def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Conte
 
 # ---- 5. the effective learning rate of a layer followed by batch norm -------------------------------
 
-def relative_updates(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, lr: float) -> List[float]:
-    """How much one plain SGD step of size ``lr`` on the batch ``(X, y)`` would change each weight
-    tensor of ``net`` relative to its size: ``lr * ||grad W|| / ||W||`` for every parameter whose name
-    ends in ``weight``, in the order of ``net.collect_params()``. The net is not changed.
+def relative_updates(net: gluon.Block, X: nd.NDArray, y: nd.NDArray,
+                     lr: float) -> List[float]:
+    """How much one plain SGD step of size ``lr`` on the batch ``(X, y)`` would change
+    each weight tensor of ``net`` relative to its size: ``lr * ||grad W|| / ||W||`` for
+    every parameter whose name ends in ``weight``, in the order of
+    ``net.collect_params()``. The net is not changed.
 
-    For a layer followed by batch norm, scaling W by a scales ||W|| by a and its gradient by 1/a
-    (Eq. 'eq-bn-scale-invariance'), so this ratio falls as 1/a**2: the init scale acts as a
-    per-layer learning rate. X: (N, ...) on the net's context, y: (N,) labels."""
+    For a layer followed by batch norm, scaling W by a scales ||W|| by a and its
+    gradient by 1/a (Eq. 'eq-bn-scale-invariance'), so this ratio falls as 1/a**2: the
+    init scale acts as a per-layer learning rate. X: (N, ...) on the net's context, y:
+    (N,) labels."""
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr!r}")
     params = [p for name, p in net.collect_params().items() if name.endswith("weight")]
@@ -514,7 +530,8 @@ def relative_updates(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, lr: float) 
         loss.backward()
     out = []
     for p in params:
-        w, g = p.data().asnumpy().astype(np.float64), p.grad().asnumpy().astype(np.float64)
+        w = p.data().asnumpy().astype(np.float64)
+        g = p.grad().asnumpy().astype(np.float64)
         out.append(float(lr * np.linalg.norm(g) / np.linalg.norm(w)))
     return out
 
@@ -530,19 +547,22 @@ def study_seeds(quick: Optional[bool] = None) -> Tuple[int, ...]:
 
 
 def lenet_study_settings(quick: Optional[bool] = None) -> Settings:
-    """The LeNet comparison of the LeNet and Gluon chapters, run once per seed of :func:`study_seeds`.
+    """The LeNet comparison of the LeNet and Gluon chapters, run once per seed of
+    :func:`study_seeds`.
 
-    Quick: ``d2lbn.train.lenet_settings(quick=True)`` unchanged (2 epochs, 10,000 training images).
-    Full: the recipe of ``lenet_settings()`` (all 60,000 training images, batch 128, SGD with
-    momentum 0.9, learning rate 0.05 along a half cosine to 0) for 3 epochs instead of 10, so that
-    three seeds of two nets fit in the time of two ten-epoch runs; the final test accuracy must
-    reach 0.88 (batch-norm LeNet, every seed)."""
+    Quick: ``d2lbn.train.lenet_settings(quick=True)`` unchanged (2 epochs, 10,000
+    training images). Full: the recipe of ``lenet_settings()`` (all 60,000 training
+    images, batch 128, SGD with momentum 0.9, learning rate 0.05 along a half cosine to
+    0) for 3 epochs instead of 10, so that three seeds of two nets fit in the time of
+    two ten-epoch runs; the final test accuracy must reach 0.88 (batch-norm LeNet, every
+    seed)."""
     import dataclasses
     if quick is None:
         quick = quick_mode()
     if quick:
         return lenet_settings(quick=True)
-    return dataclasses.replace(lenet_settings(quick=False), num_epochs=3, min_test_acc=0.88)
+    return dataclasses.replace(lenet_settings(quick=False), num_epochs=3,
+                               min_test_acc=0.88)
 
 
 def train_seeds(make_net, seeds: Sequence[int], settings: Settings, train_iter, test_iter,
