@@ -160,7 +160,8 @@ def sync_batch_norm(Xs: Sequence[nd.NDArray], gammas: Sequence[nd.NDArray],
     new_means = [momentum * moving_means[k].detach()
                  + (1 - momentum) * means[k].detach().reshape((-1,)) for k in range(n)]
     new_vars = [momentum * moving_vars[k].detach()
-                + (1 - momentum) * variances[k].detach().reshape((-1,)) for k in range(n)]
+                + (1 - momentum) * variances[k].detach().reshape((-1,))
+                for k in range(n)]
     return Ys, new_means, new_vars
 
 
