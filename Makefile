@@ -1,17 +1,18 @@
 # d2lbn: `make book` builds the rendered book, `make test` runs every test. Both start from nothing:
-# they create .venv with Python 3.11 (mxnet 1.9.1 needs numpy<1.24, which needs Python <= 3.11).
+# they create .venv with Python 3.8-3.11 (mxnet 1.9.1 needs numpy<1.24, which needs Python <= 3.11).
+# tools/make_venv.sh picks $(PYTHON) if given, else the first 3.8-3.11 on PATH, else provisions
+# Python 3.11 with uv (where python3 is 3.12 or 3.13); see README, "Which Python".
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+PYTHON ?=
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test site-test unit notebooks build-book lab bench clean
+.PHONY: book test site-test unit notebooks build-book lab bench clean test-numpy126
+.PHONY: test-gpu
 
 $(STAMP): requirements.txt pyproject.toml
-	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(0 if (3, 8) <= v[:2] <= (3, 11) else \
-	  "d2lbn needs Python 3.8-3.11 (mxnet 1.9.1 needs numpy<1.24); got %d.%d. Try: make PYTHON=python3.11" % v[:2])'
-	$(PYTHON) -m venv $(VENV)
+	PYTHON='$(PYTHON)' tools/make_venv.sh $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
@@ -43,6 +44,26 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_norm.py
+
+# The unit tests again under NumPy 1.26, the NumPy of the Colab route (README, "Which Python"): same
+# requirements with numpy>=1.26,<2, in their own venv (kept and reused; CI runs this after make test).
+VENV126 ?= .venv-numpy126
+$(VENV126)/.installed: requirements.txt pyproject.toml
+	PYTHON='$(PYTHON)' tools/make_venv.sh $(VENV126)
+	sed -E 's/^numpy([<>=!~ ].*)?$$/numpy>=1.26,<2/' requirements.txt > $(VENV126)/requirements.txt
+	$(VENV126)/bin/pip install -q -r $(VENV126)/requirements.txt
+	$(VENV126)/bin/pip install -q --no-deps -e .
+	touch $@
+
+test-numpy126: $(VENV126)/.installed
+	$(VENV126)/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.26"), numpy.__version__'
+	$(VENV126)/bin/python -m pytest tests -q --ignore=tests/site --ignore=tests/test_python_choice.py -p no:cacheprovider
+
+# The GPU tier (not part of make test): when nvidia-smi shows a GPU, builds .venv-gpu with the CUDA
+# build of mxnet 1.9.1 for the driver and runs the tests marked gpu (tests/gpu); without a GPU it says
+# why it skipped and exits 0. Any python3 runs tools/gpu_tier.py (standard library only).
+test-gpu:
+	python3 tools/gpu_tier.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -7,7 +7,11 @@ Prints one table, ``case | ours ms | MXNet ms | ratio``:
 * one training epoch of Fashion-MNIST (data loading, forward, backward, SGD step; the optimizer from
   ``d2lbn.train.lenet_settings``, batches of 128 as in the book and of 256): LeNet with the
   from-scratch layer (imperative, as the book trains it) against the *hybridized* Gluon LeNet with
-  ``gluon.nn.BatchNorm``.
+  ``gluon.nn.BatchNorm``;
+* the cost of ``d2lbn.train.train``'s guards against non-finite values, per training batch of 128 of
+  LeNet-BN: the check of each input batch, the parameter check (``find_non_finite``, run every
+  ``check_every`` = 50 batches and at each epoch end) and ``BatchNorm``'s masked moving-statistics
+  update, against one training step.
 
 Timings are medians of interleaved repetitions, so a busy machine slows both sides alike; ratios from
 the same run are what to compare. About 2-3 minutes on a 2-core CPU (``--quick``: well under one).
@@ -24,9 +28,11 @@ import time
 import mxnet as mx
 from mxnet import init
 
+from mxnet import autograd, gluon, nd
+
 from d2lbn import models
-from d2lbn.timing import Row, compare_layers, format_table, train_epoch_seconds
-from d2lbn.train import fashion_mnist_iters, lenet_settings
+from d2lbn.timing import Row, compare_layers, format_table, interleaved_ms, train_epoch_seconds
+from d2lbn.train import fashion_mnist_iters, find_non_finite, lenet_settings
 
 LAYER_SHAPES = [(256, 20, 24, 24), (256, 128)]
 
@@ -57,6 +63,51 @@ def lenet_rows(max_batches, naive: bool, repeats: int, batch_size: int) -> list:
     return rows
 
 
+def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 50) -> str:
+    """Milliseconds of each guard of ``train`` against one LeNet-BN training step (medians of
+    interleaved runs), and their share of the step, amortized per batch."""
+    mx.random.seed(0)
+    net = models.lenet_bn(impl="fast")
+    net.initialize(init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    X = nd.random.uniform(shape=(batch_size, 1, 28, 28))
+    y = nd.array([i % 10 for i in range(batch_size)])
+    ctx = mx.cpu()
+    vectors = [(nd.zeros(c), nd.ones(c), nd.ones(c), nd.ones(c)) for c in (6, 16, 120, 84)]
+
+    def step():
+        with autograd.record():
+            l = loss_fn(net(X), y)
+        l.backward()
+        trainer.step(batch_size)
+        return float(l.sum().asscalar())
+
+    def input_check():
+        return float(X.sum().asscalar())
+
+    def mask():          # what BatchNorm.forward adds per layer: keep statistics that are not finite
+        for new_mean, new_var, moving_mean, moving_var in vectors:
+            finite = nd.contrib.isfinite(new_mean + new_var)
+            nd.where(finite, new_mean, moving_mean, out=moving_mean)
+            nd.where(finite, new_var, moving_var, out=moving_var)
+
+    times = interleaved_ms({"step": step, "input": input_check, "params": lambda: find_non_finite(net, ctx),
+                            "mask": mask}, reps=reps)
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    per_batch = {"input X, every batch": med["input"],
+                 f"parameters, every {check_every} batches": med["params"] / check_every,
+                 "moving-statistics mask, 4 layers": med["mask"]}
+    lines = [f"guards against NaN/inf, LeNet-BN, batch {batch_size}: one training step "
+             f"{med['step']:.2f} ms; parameter check {med['params']:.3f} ms per call",
+             f"{'guard (per batch)':<40}{'ms':>9}{'share':>9}", "-" * 58]
+    for name, ms in per_batch.items():
+        lines.append(f"{name:<40}{ms:>9.3f}{100 * ms / med['step']:>8.2f}%")
+    total = sum(per_batch.values())
+    lines.append(f"{'total':<40}{total:>9.3f}{100 * total / med['step']:>8.2f}%")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and 60 LeNet batches")
@@ -72,6 +123,8 @@ def main(argv=None) -> int:
           flush=True)
     rows = compare_layers(LAYER_SHAPES, impls=("fast", "naive"), reps=reps)
     print(format_table(rows), flush=True)
+    print()
+    print(nonfinite_check_costs(reps), flush=True)
     if not args.no_lenet:
         lenet = []
         for batch_size in (lenet_settings(quick=False).batch_size, 256):     # the book's, and 256

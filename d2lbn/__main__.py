@@ -2,17 +2,31 @@
 
 Runs the LeNet chapters' experiment outside a notebook: a tqdm bar and one line per epoch while it
 trains, then the history as a table (and, with ``--json FILE``, as JSON).
+
+It fails like a command line: every argument is checked before any data loads, and an error is one
+line on stderr (``python -m d2lbn train: error: ...``) with exit status 2, no traceback; a
+diverged run (a non-finite loss) exits 1, Ctrl-C exits 130 after saving the finished epochs.
+
+Each subcommand is a function in :data:`COMMANDS` that adds its parser and its ``run``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
+import signal
 import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import List, Optional
 
 import mxnet as mx
 
-from .device import try_gpu
+from .data import DataFileError, DataNotFoundError
+from .device import num_gpus, try_gpu
 from .models import ACTIVATIONS, get_model, model_names
 from .train import lenet_settings
 
@@ -35,25 +49,132 @@ def parse_device(spec: str) -> mx.Context:
     return mx.Context(kind, int(index or 0))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
+class _Parser(argparse.ArgumentParser):
+    """argparse, failing like a command line: one line on stderr, ``PROG: error: ...``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2lbn", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    t = commands.add_parser("train", help="train a LeNet on Fashion-MNIST and print the history")
+def _fail(parser: argparse.ArgumentParser, message: str, code: int = 2) -> int:
+    """Print ``PROG: error: message`` (one line) on stderr; return ``code`` (the exit status)."""
+    print(f"{parser.prog}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return code
+
+
+def _number(check):
+    """An argparse ``type`` that parses a float and applies ``check`` (a ValueError is the message)."""
+    def parse(text: str):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        message = check(value)
+        if message:
+            raise argparse.ArgumentTypeError(f"{message}; got {text}")
+        return value
+    return parse
+
+
+def _integer(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
+        return value
+    return parse
+
+
+_positive_int = _integer(1, "a positive integer")
+_learning_rate = _number(lambda v: None if math.isfinite(v) and v > 0 else "must be a positive finite number")
+_momentum = _number(lambda v: None if 0 <= v < 1 else "must be in [0, 1) (0 for none)")
+
+
+def _check_writable(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written (a message), or None; checked before any work is done."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        return f"--json {path} is a directory; name a file"
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        return f"--json {path}: folder {folder} does not exist"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".d2lbn-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        return f"--json {path}: cannot write in {folder} ({err.strerror or err})"
+    if target.exists() and not os.access(target, os.W_OK):
+        return f"--json {path} exists and is not writable"
+    return None
+
+
+def _write_json(path: str, args: argparse.Namespace, history, status: str) -> None:
+    """Write the run to ``path`` atomically (a temporary file renamed into place)."""
+    target = Path(path).expanduser()
+    arguments = {k: v for k, v in vars(args).items()
+                 if isinstance(v, (str, int, float, bool, type(None)))}
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"args": arguments, "status": status, "history": history.as_dict()}, f, indent=1)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class _CtrlC:
+    """Ctrl-C as ``KeyboardInterrupt``, reliably: Python ignores an exception raised inside a
+    ``__del__`` (tqdm closes its bars there), so a Ctrl-C that lands in one is remembered and raised
+    by :meth:`check` (called after each epoch) instead of being lost."""
+
+    def __init__(self):
+        self.pressed = False
+
+    def handler(self, signum, frame):
+        self.pressed = True
+        while frame is not None:
+            if frame.f_code.co_name == "__del__":
+                return                     # raising here would be ignored: check() raises it later
+            frame = frame.f_back
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+# ---- train ---------------------------------------------------------------------------------------
+
+def add_train_command(commands) -> argparse.ArgumentParser:
+    """The ``train`` subcommand: every argument is checked by argparse, before any data loads."""
+    t = commands.add_parser("train", help="train a LeNet on Fashion-MNIST and print the history",
+                            description="Train a LeNet on Fashion-MNIST and print the history.")
     t.add_argument("--model", default=DEFAULTS["model"], choices=model_names())
     t.add_argument("--activation", default="relu", choices=ACTIVATIONS)
     t.add_argument("--epochs", type=_positive_int, default=DEFAULTS["epochs"])
-    t.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="(initial) learning rate of SGD")
-    t.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="SGD momentum, 0 for none")
+    t.add_argument("--lr", type=_learning_rate, default=DEFAULTS["lr"],
+                   help="(initial) learning rate of SGD, > 0")
+    t.add_argument("--momentum", type=_momentum, default=DEFAULTS["momentum"],
+                   help="SGD momentum in [0, 1), 0 for none")
     t.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=["none", "cosine"])
     t.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])
-    t.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    t.add_argument("--seed", type=_integer(0, "an integer >= 0"), default=DEFAULTS["seed"])
     t.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cpu:N, gpu:N")
     t.add_argument("--hybridize", action="store_true", help="compile the net (built-in layers only)")
     t.add_argument("--train-limit", type=_positive_int, default=None, metavar="N",
@@ -61,38 +182,154 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-limit", type=_positive_int, default=None, metavar="N",
                    help="evaluate on the first N test examples only")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    t.add_argument("--json", metavar="FILE", help="also write the history as JSON to FILE")
+    t.add_argument("--json", metavar="FILE",
+                   help="also write the history as JSON to FILE (checked first, written atomically; "
+                        "after Ctrl-C or divergence it holds the finished epochs)")
+    t.add_argument("--kvstore", choices=["dist_sync"], default=None,
+                   help="data-parallel training as one worker of a parameter-server job started by "
+                        "python -m d2lbn launch (--batch-size is then the global batch)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="with --kvstore: batch statistics of all workers' batches together "
+                        "(d2lbn.distributed.KVStoreSyncBatchNorm); default: each worker's own")
+    t.set_defaults(run=run_train, command_parser=t)
+    return t
+
+
+def _train(T, net, ctx, args: argparse.Namespace, log):
+    train_iter, test_iter = T.fashion_mnist_iters(args.batch_size, args.train_limit, args.test_limit)
+    print(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
+          f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples", flush=True)
+    return T.train(net, train_iter, test_iter, args.epochs, args.lr, ctx, seed=args.seed,
+                   momentum=args.momentum,
+                   lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+                   progress=not args.no_progress, plot=False, log=log)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``python -m d2lbn train``: 0 when done, 1 when training diverged, 2 for a bad argument,
+    130 after Ctrl-C (the finished epochs are printed and saved to ``--json``)."""
+    parser = args.command_parser
+    if args.kvstore or args.sync_bn:
+        return run_train_dist(args)
+    from . import train as T
+    try:
+        ctx = parse_device(args.device)
+    except ValueError as err:
+        return _fail(parser, err)
+    if ctx.device_type == "gpu" and ctx.device_id >= num_gpus():
+        return _fail(parser, f"--device {args.device}: MXNet sees {num_gpus()} GPU(s) "
+                             f"(a CPU build of MXNet sees none); use --device cpu or auto")
+    if args.json and _check_writable(args.json):
+        return _fail(parser, _check_writable(args.json))
+    net = get_model(args.model, activation=args.activation)
+    if args.hybridize:
+        if not isinstance(net, mx.gluon.HybridBlock):
+            return _fail(parser, f"--hybridize needs a model of built-in layers; {args.model} is not one")
+        net.hybridize()
+    history = T.History(device=str(ctx))
+    ctrl_c = _CtrlC()
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        ctrl_c.check()
+
+    try:
+        with ctrl_c.installed():
+            history = _train(T, net, ctx, args, log)
+    except KeyboardInterrupt as err:
+        history = getattr(err, "history", history)
+        done = history.epochs
+        saved = f"; saved to {args.json}" if args.json else ""
+        print(f"\ninterrupted: {done} finished epoch{'s' if done != 1 else ''} kept{saved}",
+              file=sys.stderr, flush=True)
+        if done:
+            print(history.table(), flush=True)
+        if args.json:
+            _write_json(args.json, args, history, "interrupted")
+        return 130
+    except T.NonFiniteError as err:
+        if args.json:
+            _write_json(args.json, args, err.history, "diverged")
+        return _fail(parser, err, code=1)
+    except DataNotFoundError as err:
+        return _fail(parser, str(err).splitlines()[0] + " (see the README: 'The data')", code=1)
+    except DataFileError as err:
+        return _fail(parser, err, code=1)
+    print(history.table())
+    if args.json:
+        _write_json(args.json, args, history, "finished")
+    return 0
+
+
+def run_train_dist(args: argparse.Namespace) -> int:
+    """``python -m d2lbn train --kvstore dist_sync [--sync-bn]``, run by each worker of a launched job
+    (``d2lbn.distributed.train_dist``): rank 0 prints the progress and the history and writes ``--json``."""
+    parser = args.command_parser
+    from . import distributed as D
+    if not args.kvstore:
+        return _fail(parser, "--sync-bn synchronises batch statistics across workers: it needs "
+                             "--kvstore dist_sync (under python -m d2lbn launch)")
+    if args.model != "lenet-bn" or args.hybridize or args.device not in ("auto", "cpu"):
+        return _fail(parser, f"--kvstore {args.kvstore} trains the from-scratch lenet-bn on the CPU; "
+                             f"drop --model/--hybridize/--device")
+    try:
+        D.require_launcher(args.kvstore)
+    except RuntimeError as err:
+        return _fail(parser, err)
+    if args.json and _check_writable(args.json):
+        return _fail(parser, _check_writable(args.json))
+    try:
+        history = D.train_dist("kvstore" if args.sync_bn else "local", args.epochs, args.lr,
+                               args.batch_size, momentum=args.momentum,
+                               lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+                               seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
+                               activation=args.activation, log=lambda line: print(line, flush=True),
+                               kind=args.kvstore)
+    except ValueError as err:
+        return _fail(parser, err)
+    except FloatingPointError as err:
+        return _fail(parser, err, code=1)
+    except DataNotFoundError as err:
+        return _fail(parser, str(err).splitlines()[0] + " (see the README: 'The data')", code=1)
+    if history is not None:                             # rank 0
+        print(history.table(), flush=True)
+        if args.json:
+            _write_json(args.json, args, history, "finished")
+    return 0
+
+
+# ---- launch --------------------------------------------------------------------------------------
+
+def add_launch_command(commands) -> argparse.ArgumentParser:
+    """The ``launch`` subcommand: a parameter-server job on this machine (``d2lbn.launch``)."""
+    from . import launch as L
+    p = commands.add_parser("launch", help="run a command as the workers of a parameter-server job",
+                            description=L.__doc__.splitlines()[0],
+                            usage="python -m d2lbn launch -n WORKERS [-s SERVERS] [--hostfile FILE] "
+                                  "-- COMMAND ...")
+    L.add_arguments(p)
+    p.set_defaults(run=lambda args: L.run_args(args), command_parser=p)
+    return p
+
+
+# ---- the program ---------------------------------------------------------------------------------
+
+#: The subcommands, each a function that adds its parser (``commands.add_parser(...)``) and sets
+#: ``run`` (the function that runs it, given the parsed arguments) with ``set_defaults``.
+COMMANDS = [add_train_command, add_launch_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m d2lbn", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(commands)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train import fashion_mnist_iters, train
-    try:
-        ctx = parse_device(args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    net = get_model(args.model, activation=args.activation)
-    if args.hybridize:
-        if not isinstance(net, mx.gluon.HybridBlock):
-            print(f"error: --hybridize needs a model of built-in layers; {args.model} is not one",
-                  file=sys.stderr)
-            return 2
-        net.hybridize()
-    train_iter, test_iter = fashion_mnist_iters(args.batch_size, args.train_limit, args.test_limit)
-    print(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
-          f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples", flush=True)
-    history = train(net, train_iter, test_iter, args.epochs, args.lr, ctx, seed=args.seed,
-                    momentum=args.momentum,
-                    lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-                    progress=not args.no_progress, plot=False,
-                    log=lambda line: print(line, flush=True))
-    print(history.table())
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "history": history.as_dict()}, f, indent=1)
-    return 0
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 
+from .checks import check_eps
+
 __all__ = ["stat_axes", "forward_staged", "backward_staged", "backward_closed_form",
            "numerical_gradient", "relative_error", "gradient_check", "draw_graph"]
 
@@ -38,8 +40,9 @@ def _check(x: np.ndarray, gamma: np.ndarray, eps: float) -> Tuple[Tuple[int, ...
     if gamma.shape != (x.shape[1],):
         raise ValueError(f"gamma must have shape ({x.shape[1]},) to match x of shape {x.shape}; "
                          f"got shape {gamma.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0; got {eps!r}")
+    check_eps(eps)
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != np.bool_:
+        raise TypeError(f"x must hold numbers; got dtype {x.dtype}")
     m = x.size // x.shape[1]
     if m < 2:
         raise ValueError(f"x of shape {x.shape} has one value per feature; batch statistics need two or more")
@@ -50,8 +53,8 @@ def forward_staged(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                    eps: float = 1e-5) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Training-mode batch norm, one graph node per line; returns ``(y, cache)``.
 
-    ``cache`` holds every node (statistics keep their broadcast shape (1, C) or (1, C, 1, 1)) and
-    what the backward pass needs: ``gamma``, ``eps``, ``axes``, ``m``.
+    ``cache`` holds every node (statistics keep their broadcast shape (1, C) or
+    (1, C, 1, 1)) and what the backward pass needs: ``gamma``, ``eps``, ``axes``, ``m``.
     """
     axes, shape, m = _check(x, gamma, eps)
     mu = x.mean(axis=axes, keepdims=True)             # 1. batch mean
@@ -62,37 +65,41 @@ def forward_staged(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
     inv_std = 1.0 / std                               # 6. its inverse
     x_hat = xmu * inv_std                             # 7. normalised input
     y = gamma.reshape(shape) * x_hat + beta.reshape(shape)   # 8. scale and shift
-    cache = dict(x=x, mu=mu, xmu=xmu, sq=sq, var=var, std=std, inv_std=inv_std, x_hat=x_hat,
-                 gamma=gamma.reshape(shape), eps=eps, axes=axes, m=m)
+    cache = dict(x=x, mu=mu, xmu=xmu, sq=sq, var=var, std=std, inv_std=inv_std,
+                 x_hat=x_hat, gamma=gamma.reshape(shape), eps=eps, axes=axes, m=m)
     return y, cache
 
 
-def backward_staged(dy: np.ndarray, cache: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def backward_staged(dy: np.ndarray, cache: Dict[str, np.ndarray]
+                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The chain rule through :func:`forward_staged`'s graph, node 8 back to node 1.
 
-    dy: the gradient of the loss with respect to y (shaped like x). Returns ``(dx, dgamma, dbeta)``.
-    A node used twice (``xmu`` feeds ``sq`` and ``x_hat``; ``x`` feeds ``mu`` and ``xmu``) adds the
-    gradients arriving along each path; a mean over m values sends ``1/m`` of its gradient to each.
+    dy: the gradient of the loss with respect to y (shaped like x).
+    Returns ``(dx, dgamma, dbeta)``. A node used twice (``xmu`` feeds ``sq`` and
+    ``x_hat``; ``x`` feeds ``mu`` and ``xmu``) adds the gradients arriving along each
+    path; a mean over m values sends ``1/m`` of its gradient to each.
     """
     axes, m = cache["axes"], cache["m"]
-    xmu, std, inv_std, x_hat, gamma = (cache[k] for k in ("xmu", "std", "inv_std", "x_hat", "gamma"))
-    dbeta = dy.sum(axis=axes)                                   # 8. y = gamma * x_hat + beta
+    xmu, std, inv_std = cache["xmu"], cache["std"], cache["inv_std"]
+    x_hat, gamma = cache["x_hat"], cache["gamma"]
+    dbeta = dy.sum(axis=axes)                           # 8. y = gamma * x_hat + beta
     dgamma = (dy * x_hat).sum(axis=axes)
     dx_hat = dy * gamma
-    dinv_std = (dx_hat * xmu).sum(axis=axes, keepdims=True)     # 7. x_hat = xmu * inv_std
-    dxmu = dx_hat * inv_std                                     #    (first path into xmu)
-    dstd = -dinv_std / std ** 2                                 # 6. inv_std = 1 / std
-    dvar = dstd * 0.5 / std                                     # 5. std = sqrt(var + eps)
-    dsq = np.broadcast_to(dvar / m, xmu.shape)                  # 4. var = mean(sq)
-    dxmu = dxmu + 2.0 * xmu * dsq                               # 3. sq = xmu ** 2 (second path)
-    dmu = -dxmu.sum(axis=axes, keepdims=True)                   # 2. xmu = x - mu
-    dx = dxmu + np.broadcast_to(dmu / m, xmu.shape)             # 1. mu = mean(x)   (both paths)
+    dinv_std = (dx_hat * xmu).sum(axis=axes, keepdims=True)  # 7. x_hat = xmu * inv_std
+    dxmu = dx_hat * inv_std                             #    (first path into xmu)
+    dstd = -dinv_std / std ** 2                         # 6. inv_std = 1 / std
+    dvar = dstd * 0.5 / std                             # 5. std = sqrt(var + eps)
+    dsq = np.broadcast_to(dvar / m, xmu.shape)          # 4. var = mean(sq)
+    dxmu = dxmu + 2.0 * xmu * dsq                       # 3. sq = xmu ** 2 (2nd path)
+    dmu = -dxmu.sum(axis=axes, keepdims=True)           # 2. xmu = x - mu
+    dx = dxmu + np.broadcast_to(dmu / m, xmu.shape)     # 1. mu = mean(x) (both paths)
     return dx, dgamma, dbeta
 
 
 def backward_closed_form(dy: np.ndarray, x: np.ndarray, gamma: np.ndarray,
-                         eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The compact backward pass; returns ``(dx, dgamma, dbeta)`` from dy, x and gamma alone.
+                         eps: float = 1e-5
+                         ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The compact backward pass: ``(dx, dgamma, dbeta)`` from dy, x and gamma alone.
 
     With m values per feature, x_hat = (x - mean) / sqrt(var + eps):
     ``dbeta = sum(dy)``, ``dgamma = sum(dy * x_hat)`` and
@@ -148,8 +155,9 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 def gradient_check(backward: Callable[..., Tuple[np.ndarray, np.ndarray, np.ndarray]],
                    x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, dy: np.ndarray,
                    eps: float = 1e-5, h: float = 1e-5) -> Dict[str, float]:
-    """Relative errors of ``backward(dy, x, gamma, eps) -> (dx, dgamma, dbeta)`` against central
-    differences of the loss ``L = sum(dy * y)`` (whose gradient with respect to y is exactly dy).
+    """Relative errors of ``backward(dy, x, gamma, eps) -> (dx, dgamma, dbeta)``
+    against central differences of the loss ``L = sum(dy * y)`` (whose gradient with
+    respect to y is exactly dy).
 
     Everything in float64. Returns ``{'dx': ..., 'dgamma': ..., 'dbeta': ...}``.
     """
@@ -159,11 +167,13 @@ def gradient_check(backward: Callable[..., Tuple[np.ndarray, np.ndarray, np.ndar
         return float((dy * forward_staged(x_, gamma_, beta_, eps)[0]).sum())
 
     dx, dgamma, dbeta = backward(dy, x, gamma, eps)
-    return {
-        "dx": relative_error(dx, numerical_gradient(lambda v: loss(v, gamma, beta), x, h)),
-        "dgamma": relative_error(dgamma, numerical_gradient(lambda v: loss(x, v, beta), gamma, h)),
-        "dbeta": relative_error(dbeta, numerical_gradient(lambda v: loss(x, gamma, v), beta, h)),
+    numerical = {
+        "dx": numerical_gradient(lambda v: loss(v, gamma, beta), x, h),
+        "dgamma": numerical_gradient(lambda v: loss(x, v, beta), gamma, h),
+        "dbeta": numerical_gradient(lambda v: loss(x, gamma, v), beta, h),
     }
+    ours = {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+    return {name: relative_error(ours[name], numerical[name]) for name in ours}
 
 
 #: The nodes of :func:`forward_staged`'s graph: (name, label, column, row) for :func:`draw_graph`.

@@ -22,7 +22,7 @@ from typing import Tuple
 
 from mxnet import nd
 
-from .norm import check_momentum, check_norm_inputs
+from .checks import check_momentum, check_norm_inputs
 
 __all__ = ["buggy_batch_norm", "CLASSIC_INITIAL_MOVING_VAR"]
 
@@ -34,26 +34,31 @@ def buggy_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                      moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
                      eps: float = 1e-5, momentum: float = 0.9
                      ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
-    """WRONG ON PURPOSE -- the classic tutorial's update, reproduced to show how it fails.
+    """WRONG ON PURPOSE -- the classic tutorial's update, reproduced to show it fails.
 
-    Same signature and shapes as :func:`d2lbn.norm.batch_norm` (X: (N, D) or (N, C, H, W);
-    the vectors: (D,) or (C,)). The normalisation itself is right; the moving statistics are not:
+    Same signature and shapes as :func:`d2lbn.norm.batch_norm` (X: (N, D) or
+    (N, C, H, W); the vectors: (D,) or (C,)). The normalisation itself is right; the
+    moving statistics are not:
 
-    * ``new_moving_mean = momentum + moving_mean + (1.0 * -momentum) * batch_var``  (WRONG)
+    * ``new_moving_mean = momentum + moving_mean + (1.0 * -momentum) * batch_var``
+      (WRONG)
     * ``new_moving_var = moving_var``  (WRONG: never updated)
     """
     axes, param_shape = check_norm_inputs(X, eps, gamma=gamma, beta=beta,
-                                          moving_mean=moving_mean, moving_var=moving_var)
+                                          moving_mean=moving_mean,
+                                          moving_var=moving_var)
     check_momentum(momentum)
     if training:
         mean = X.mean(axis=axes, keepdims=True)
         var = ((X - mean) ** 2).mean(axis=axes, keepdims=True)
         X_hat = (X - mean) / nd.sqrt(var + eps)
         batch_var = var.detach().reshape((X.shape[1],))
-        new_moving_mean = momentum + moving_mean.detach() + (1.0 * -momentum) * batch_var   # WRONG
-        new_moving_var = moving_var.detach()                                                # WRONG
+        old_mean = moving_mean.detach()
+        new_moving_mean = momentum + old_mean + (1.0 * -momentum) * batch_var  # WRONG
+        new_moving_var = moving_var.detach()                                   # WRONG
     else:
-        X_hat = (X - moving_mean.reshape(param_shape)) / nd.sqrt(moving_var.reshape(param_shape) + eps)
+        mean = moving_mean.reshape(param_shape)
+        X_hat = (X - mean) / nd.sqrt(moving_var.reshape(param_shape) + eps)
         new_moving_mean, new_moving_var = moving_mean.detach(), moving_var.detach()
     Y = gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape)
     return Y, new_moving_mean, new_moving_var

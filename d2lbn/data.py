@@ -14,12 +14,15 @@ so an interrupted or corrupted download never leaves a file that a later run wou
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import os
+import signal
 import struct
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 import zlib
@@ -30,11 +33,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from mxnet import gluon, nd
 
+from .checks import check_int
+
 __all__ = [
     "DataFileError", "DataNotFoundError", "FILES", "TEXT_LABELS", "DEFAULT_URL",
     "search_dirs", "find_data_dir", "download_fashion_mnist", "read_idx", "read_fashion_mnist",
-    "load_fashion_mnist", "get_fashion_mnist_labels",
+    "load_fashion_mnist", "get_fashion_mnist_labels", "TrainBatchSampler", "training_loader",
+    "NUM_CLASSES",
 ]
+
+#: Labels are 0..NUM_CLASSES-1.
+NUM_CLASSES = 10
 
 TEXT_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat",
                "sandal", "shirt", "sneaker", "bag", "ankle boot"]
@@ -95,13 +104,39 @@ def _sha256_of_gzip(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download_one(url: str, target: Path, expected_sha256: str, timeout: float) -> None:
-    """Download ``url`` to ``target`` atomically, verifying the decompressed SHA-256 first."""
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While downloading in the main thread with SIGTERM's default action (die at once), make SIGTERM
+    raise ``SystemExit(143)`` instead, so that ``finally`` clauses remove the temporary file."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
 
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _download_one(url: str, target: Path, expected_sha256: str, timeout: float) -> None:
+    """Download ``url`` to ``target`` atomically, verifying the decompressed SHA-256 first; the
+    temporary ``*.part`` file is removed whatever happens, SIGTERM included."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
+    with _sigterm_raises():
+        fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
+        tmp = Path(tmp_name)
+        _fetch_verified(url, fd, tmp, target, expected_sha256, timeout)
+
+
+def _fetch_verified(url: str, fd: int, tmp: Path, target: Path, expected_sha256: str,
+                    timeout: float) -> None:
+    """Write ``url`` into ``fd`` (the file ``tmp``), check it, rename it to ``target``; delete ``tmp``
+    on any failure."""
+    from tqdm.auto import tqdm
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -124,16 +159,34 @@ def _download_one(url: str, target: Path, expected_sha256: str, timeout: float) 
             tmp.unlink()
 
 
+def remove_stale_parts(folder: os.PathLike) -> List[Path]:
+    """Delete the temporary ``<file>.*.part`` downloads a killed run (SIGTERM, SIGKILL, power loss)
+    left in ``folder``; return what was removed. A finished download is renamed, never a ``.part``."""
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for name in FILES:
+            for part in folder.glob(f"{name}.*.part"):
+                try:
+                    part.unlink()
+                    removed.append(part)
+                except OSError:
+                    pass
+    return removed
+
+
 def download_fashion_mnist(target_dir: os.PathLike, base_url: Optional[str] = None,
                            timeout: float = 60.0) -> Path:
     """Download the four files into ``target_dir`` (atomically, checksum-verified); return it.
 
-    ``base_url`` defaults to ``$D2LBN_DATA_URL`` or :data:`DEFAULT_URL`. Files already present are kept.
+    ``base_url`` defaults to ``$D2LBN_DATA_URL`` or :data:`DEFAULT_URL`. Files already present are
+    kept; partial downloads a killed earlier run left behind are removed first.
     """
     base_url = base_url or os.environ.get("D2LBN_DATA_URL") or DEFAULT_URL
     if not base_url.endswith("/"):
         base_url += "/"
     target = Path(target_dir).expanduser()
+    remove_stale_parts(target)
     for name, sha in FILES.items():
         if not (target / name).is_file():
             _download_one(base_url + name, target / name, sha, timeout)
@@ -189,6 +242,9 @@ def read_idx(path: os.PathLike, rank: int) -> np.ndarray:
         raise DataFileError(f"{path} has IDX magic number {magic}, expected {_IDX_MAGIC[rank]} "
                             f"(a rank-{rank} unsigned-byte IDX file); is it the right file?")
     expected = int(np.prod(dims))
+    if dims[0] == 0:
+        raise DataFileError(f"{path} holds 0 {'images' if rank == 3 else 'labels'} (header dimensions "
+                            f"{tuple(dims)}); it is empty: reinstall or re-download the data")
     if len(raw) - header_size != expected:
         raise DataFileError(f"{path} holds {len(raw) - header_size} data bytes, but its header "
                             f"promises {expected} for dimensions {tuple(dims)}")
@@ -204,6 +260,10 @@ def _read_split(folder: Path, prefix: str) -> Tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise DataFileError(f"{images_path} holds {len(images)} images but {labels_path} holds "
                             f"{len(labels)} labels; one of them is from another data set")
+    if labels.max() >= NUM_CLASSES:
+        bad = int(np.argmax(labels >= NUM_CLASSES))
+        raise DataFileError(f"{labels_path} holds label {int(labels[bad])} (at index {bad}); "
+                            f"Fashion-MNIST labels are 0..{NUM_CLASSES - 1}: is it the right file?")
     return images, labels
 
 
@@ -214,15 +274,31 @@ def read_fashion_mnist(root: Optional[os.PathLike] = None
     Images: (N, 28, 28); labels: (N,), values 0..9.
     """
     folder = locate_or_download(root).resolve()
-    return _read_split(folder, "train"), _read_split(folder, "t10k")
+    train, test = _read_split(folder, "train"), _read_split(folder, "t10k")
+    if train[0].shape[1:] != test[0].shape[1:]:
+        raise DataFileError(f"the training images in {folder} are {train[0].shape[1]}x{train[0].shape[2]} "
+                            f"but the test images are {test[0].shape[1]}x{test[0].shape[2]}; both "
+                            f"files must come from one data set")
+    return train, test
 
 
-def _to_tensor(images: np.ndarray, resize: Optional[int]) -> nd.NDArray:
-    """uint8 (N, 28, 28) -> float32 (N, 1, s, s) in [0, 1] on the CPU."""
-    X = nd.array(images.reshape(-1, 1, *images.shape[1:]), dtype="float32") / 255
-    if resize is not None:
-        X = nd.contrib.BilinearResize2D(X, height=resize, width=resize)
-    return X
+def _to_tensor(images: np.ndarray) -> nd.NDArray:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28) in [0, 1] on the CPU."""
+    return nd.array(images.reshape(-1, 1, *images.shape[1:]), dtype="float32") / 255
+
+
+class ResizeBatch:
+    """A DataLoader ``batchify_fn``: stack the examples, then resize the images to ``size`` x ``size``.
+
+    Resizing per batch keeps memory bounded (resizing all 60,000 images to 224 x 224 up front would
+    take 12 GB and break MXNet's 2^31-element limit)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, samples):
+        X, y = gluon.data.dataloader.default_batchify_fn(samples)
+        return nd.contrib.BilinearResize2D(X, height=self.size, width=self.size), y
 
 
 def load_fashion_mnist(batch_size: int, resize: Optional[int] = None,
@@ -231,20 +307,57 @@ def load_fashion_mnist(batch_size: int, resize: Optional[int] = None,
     """Gluon ``DataLoader``s over the real Fashion-MNIST: 60,000 training and 10,000 test images.
 
     Each batch is ``(X, y)`` with X: (batch, 1, 28, 28) float32 in [0, 1] (or resized to
-    ``resize`` x ``resize``) and y: (batch,) int32 labels. The training loader shuffles.
+    ``resize`` x ``resize``, batch by batch) and y: (batch,) int32 labels. The training loader
+    shuffles and never ends an epoch on a batch of one example (:class:`TrainBatchSampler`).
+    The files are checked: no empty file, labels 0..9, training and test images of one size.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize <= 0):
-        raise ValueError(f"resize must be None or a positive int; got {resize!r}")
+    batch_size = check_int("batch_size", batch_size)
+    if resize is not None:
+        resize = check_int("resize", resize, what="None or a positive int")
+    num_workers = check_int("num_workers", num_workers, minimum=0)
+    if resize is not None and batch_size * resize * resize >= 2 ** 31:
+        raise ValueError(f"batch_size {batch_size} with resize={resize} gives batches of "
+                         f"{batch_size * resize * resize} values, more than MXNet's 2^31 - 1 per array; "
+                         f"use a smaller batch_size or resize")
     (train_X, train_y), (test_X, test_y) = read_fashion_mnist(root)
-    loaders = []
-    for images, labels, shuffle in ((train_X, train_y, True), (test_X, test_y, False)):
-        dataset = gluon.data.ArrayDataset(_to_tensor(images, resize),
-                                          nd.array(labels, dtype="int32"))
-        loaders.append(gluon.data.DataLoader(dataset, batch_size, shuffle=shuffle,
-                                             num_workers=num_workers))
-    return loaders[0], loaders[1]
+    batchify = {} if resize is None else {"batchify_fn": ResizeBatch(resize)}
+    datasets = [gluon.data.ArrayDataset(_to_tensor(images), nd.array(labels, dtype="int32"))
+                for images, labels in ((train_X, train_y), (test_X, test_y))]
+    return (training_loader(datasets[0], batch_size, num_workers=num_workers, **batchify),
+            gluon.data.DataLoader(datasets[1], batch_size, shuffle=False, num_workers=num_workers,
+                                  **batchify))
+
+
+class TrainBatchSampler(gluon.data.Sampler):
+    """Mini-batches of indices for *training*: like ``last_batch='keep'``, except that a final batch
+    of one example is dropped (that example is left out of this epoch; with shuffling it is a
+    different one each time).
+
+    A batch-norm layer in training mode refuses a batch of one (its variance is 0), so 129 examples
+    in batches of 128 would stop the epoch at its last batch; the layer's own refusal stays for
+    direct calls. ``len()`` counts the batches actually yielded.
+    """
+
+    def __init__(self, length: int, batch_size: int, shuffle: bool = True):
+        self.length = check_int("length", length, minimum=0)
+        self.batch_size = check_int("batch_size", batch_size)
+        self.shuffle = shuffle
+
+    def __iter__(self):
+        order = np.random.permutation(self.length) if self.shuffle else np.arange(self.length)
+        for b in range(len(self)):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.length, self.batch_size)
+        return full + (1 if rest > 1 else 0)
+
+
+def training_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> gluon.data.DataLoader:
+    """A shuffling ``DataLoader`` over ``dataset`` whose final batch is never a single example
+    (:class:`TrainBatchSampler`)."""
+    return gluon.data.DataLoader(dataset, batch_sampler=TrainBatchSampler(len(dataset), batch_size),
+                                 num_workers=num_workers, **kwargs)
 
 
 def get_fashion_mnist_labels(indices) -> List[str]:

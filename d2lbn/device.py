@@ -5,6 +5,8 @@ from typing import List
 
 import mxnet as mx
 
+from .checks import check_int
+
 __all__ = ["num_gpus", "try_gpu", "try_all_gpus"]
 
 
@@ -15,8 +17,7 @@ def num_gpus() -> int:
 
 def try_gpu(i: int = 0) -> mx.Context:
     """Return ``mx.gpu(i)`` if GPU ``i`` exists, else ``mx.cpu()``."""
-    if not isinstance(i, int) or isinstance(i, bool) or i < 0:
-        raise ValueError(f"i must be a GPU index, an int >= 0; got {i!r}")
+    i = check_int("i", i, minimum=0, what="a GPU index, an int >= 0")
     return mx.gpu(i) if num_gpus() >= i + 1 else mx.cpu()
 
 

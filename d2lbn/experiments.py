@@ -23,6 +23,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, init as mx_init, nd
 from mxnet.gluon import nn
 
+from .checks import check_int
 from .norm import BatchNorm, LayerNorm
 from .train import History, Settings, evaluate_accuracy, lenet_settings, quick_mode
 from .repro import set_seed
@@ -70,19 +71,21 @@ class ArrayLoader:
     """Mini-batches ``(X[i:i+b], y[i:i+b])`` of in-memory arrays, a drop-in for a ``DataLoader``.
 
     With ``shuffle=True`` each pass draws a new permutation from NumPy's global generator (so
-    ``set_seed`` makes it repeat). ``len()`` is the number of batches; the last one may be smaller.
+    ``set_seed`` makes it repeat). ``len()`` is the number of batches; the last one may be smaller,
+    but a shuffled (training) loader drops a last batch of one example, which batch norm in training
+    mode refuses (``d2lbn.data.TrainBatchSampler`` does the same for ``DataLoader``\ s).
     Much faster than ``gluon.data.DataLoader`` for small batches (one ``take`` per batch).
     """
 
     def __init__(self, X: nd.NDArray, y: nd.NDArray, batch_size: int, shuffle: bool = False):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size)
         if X.shape[0] != y.shape[0]:
             raise ValueError(f"X and y must have as many rows; got {X.shape[0]} and {y.shape[0]}")
         self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
 
     def __len__(self) -> int:
-        return math.ceil(self.X.shape[0] / self.batch_size)
+        full, rest = divmod(self.X.shape[0], self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
 
     def __iter__(self) -> Iterator[Tuple[nd.NDArray, nd.NDArray]]:
         n = self.X.shape[0]
@@ -91,8 +94,9 @@ class ArrayLoader:
             X, y = self.X.take(order), self.y.take(order)
         else:
             X, y = self.X, self.y
-        for i in range(0, n, self.batch_size):
-            yield X[i:i + self.batch_size], y[i:i + self.batch_size]
+        for b in range(len(self)):
+            start, stop = b * self.batch_size, (b + 1) * self.batch_size
+            yield X[start:stop], y[start:stop]
 
 
 # ---- evaluation ------------------------------------------------------------------------------------

@@ -1,20 +1,25 @@
-"""A from-scratch batch norm as fast as MXNet's own: the derived backward, and reductions done fast.
+"""A from-scratch batch norm as fast as MXNet's own: the derived backward, and
+reductions done fast.
 
-``fast_batch_norm`` has the signature and the results of ``d2lbn.norm.batch_norm``; only the way it
-computes differs. Three changes make it fast (chapter 3 measures them):
+``fast_batch_norm`` has the signature and the results of ``d2lbn.norm.batch_norm``; only
+the way it computes differs. Three changes make it fast (chapter 3 measures them):
 
 1. **The closed-form backward.** In training mode the forward pass runs inside an
-   ``autograd.Function`` (:class:`BatchNormTrain`), whose ``backward`` evaluates the compact formula of
-   ``d2lbn.backward.backward_closed_form``: two per-channel sums and a few passes over the data,
-   instead of autograd walking back through a dozen broadcasts and reductions.
-2. **Per-channel sums as matrix-vector products** (:func:`channel_sum`). ``X.sum(axis=(0, 2, 3))``
-   is a slow strided reduction in MXNet 1.9.1; viewing X: (N, C, H, W) as an (N*C, H*W) matrix and
-   multiplying it by a vector of ones uses the BLAS/oneDNN kernel.
-3. **Few full-size arrays** (:func:`scale_shift` and :class:`BatchNormTrain`): per-channel scaling
-   as a broadcast along the rows of that matrix, and results written into buffers already owned
-   (``out=``), because every new full-size array costs an allocation whose first touch is slow.
+   ``autograd.Function`` (:class:`BatchNormTrain`), whose ``backward`` evaluates the
+   compact formula of ``d2lbn.backward.backward_closed_form``: two per-channel sums and
+   a few passes over the data, instead of autograd walking back through a dozen
+   broadcasts and reductions.
+2. **Per-channel sums as matrix-vector products** (:func:`channel_sum`).
+   ``X.sum(axis=(0, 2, 3))`` is a slow strided reduction in MXNet 1.9.1; viewing X:
+   (N, C, H, W) as an (N*C, H*W) matrix and multiplying it by a vector of ones uses the
+   BLAS/oneDNN kernel.
+3. **Few full-size arrays** (:func:`scale_shift` and :class:`BatchNormTrain`):
+   per-channel scaling as a broadcast along the rows of that matrix, and results written
+   into buffers already owned (``out=``), because every new full-size array costs an
+   allocation whose first touch is slow.
 
-Shapes: X: (N, D) or (N, C, H, W); every per-feature vector is (D,) or (C,). float32 on any context.
+Shapes: X: (N, D) or (N, C, H, W); every per-feature vector is (D,) or (C,). float32 on
+any context.
 """
 from __future__ import annotations
 
@@ -27,33 +32,64 @@ from typing import Dict, Optional, Tuple
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, nd
-from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_array, check_call)
+from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_array,
+                        check_call)
 
-__all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "moving_average", "fast_batch_norm"]
+from .checks import check_batch_norm_args
+
+__all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "moving_average",
+           "fast_batch_norm"]
 
 _NULL, _WRITE, _INPLACE, _ADD = 0, 1, 2, 3          # MXNet's OpReqType values
+
+
+class _CheckedOutput(nd.NDArray):
+    """An output of a :class:`Function`: ``backward(out_grad)`` checks the head gradient
+    before MXNet queues the backward pass. MXNet checks neither its shape nor its dtype
+    for a custom function, and the function's backward runs later on an engine thread,
+    where an error could only surface at a later read of a gradient; here a wrong shape
+    is a ``ValueError`` in the ``backward`` call itself. (Another dtype is converted by
+    the callback, which also serves ``autograd.backward``.)"""
+    __slots__ = []
+
+    def backward(self, out_grad=None, retain_graph=False, train_mode=True):
+        if out_grad is not None:
+            if not isinstance(out_grad, nd.NDArray):
+                raise TypeError(f"out_grad must be an mxnet NDArray, "
+                                f"got {type(out_grad).__name__}")
+            if out_grad.shape != self.shape:
+                raise ValueError(f"out_grad has shape {out_grad.shape} but the array "
+                                 f"has shape {self.shape}; the head gradient must "
+                                 f"match it")
+        return super().backward(out_grad, retain_graph, train_mode)
+
+
+# it prints as any other array: <NDArray 4x3 @cpu(0)>
+_CheckedOutput.__name__ = "NDArray"
 
 
 class Function(autograd.Function):
     """``mx.autograd.Function`` with its gradient write-back fixed (MXNet 1.9.1).
 
-    The stock ``Function.__call__`` copies each gradient returned by ``backward`` into the input's
-    gradient buffer, but (1) it *returns* at the first input whose gradient is not requested
-    (``req == 'null'``), so when X needs no gradient (a batch norm applied directly to data, say)
-    the gradients of gamma and beta are silently never written; and (2) it compares the request
-    with the string ``'add'`` while MXNet passes the integer 3, so ``grad_req='add'`` never
-    accumulates. This subclass is MXNet's ``__call__`` with those two lines corrected. Besides,
-    ``backward`` can call ``self.grad_req(i)`` (``'null'``, ``'write'`` or ``'add'`` for input i) to
-    skip work nobody asked for, and ``self.grad_buffer(i)`` for the array that receives input i's
-    gradient when it is overwritten (None otherwise): computing straight into it (``out=``) and
-    returning it saves a copy.
+    The stock ``Function.__call__`` copies each gradient returned by ``backward`` into
+    the input's gradient buffer, but (1) it *returns* at the first input whose gradient
+    is not requested (``req == 'null'``), so when X needs no gradient (a batch norm
+    applied directly to data, say) the gradients of gamma and beta are silently never
+    written; and (2) it compares the request with the string ``'add'`` while MXNet
+    passes the integer 3, so ``grad_req='add'`` never accumulates. This subclass is
+    MXNet's ``__call__`` with those two lines corrected. Besides, ``backward`` can call
+    ``self.grad_req(i)`` (``'null'``, ``'write'`` or ``'add'`` for input i) to skip work
+    nobody asked for, and ``self.grad_buffer(i)`` for the array that receives input i's
+    gradient when it is overwritten (None otherwise): computing straight into it
+    (``out=``) and returning it saves a copy.
 
-    Use it exactly like ``mx.autograd.Function``: subclass, define ``forward`` and ``backward``, and
-    call a *new* instance for every evaluation.
+    Use it exactly like ``mx.autograd.Function``: subclass, define ``forward`` and
+    ``backward``, and call a *new* instance for every evaluation.
     """
 
     def __call__(self, *inputs):
-        assert not self._used, "Each Function instance can only be called once; create another."
+        assert not self._used, ("Each Function instance can only be called once; "
+                                "create another.")
         self._used = True
         prev_recording = autograd.set_recording(False)
         try:
@@ -65,12 +101,29 @@ class Function(autograd.Function):
         ret_outputs = outputs
         if isinstance(outputs, nd.NDArray):
             outputs = (outputs,)
+        for output in outputs:
+            # exactly NDArray, not a sparse array
+            if type(output) is nd.NDArray:      # noqa: E721
+                output.__class__ = _CheckedOutput
         key = autograd.Function._registry.inc()
+        meta = [(o.shape, o.dtype) for o in outputs]
 
         def backward_entry(num_ograds, num_igrads, ptrs, reqs, is_train, _):
             try:
-                output_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle), writable=False)
+                output_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle),
+                                           writable=False)
                                 for p in ptrs[:num_ograds]]
+                # MXNet checks neither the shape nor the dtype of a head gradient
+                # passed to a custom function (Y.backward(out_grad=...)); a float64
+                # one written into float32 buffers could corrupt memory. Check the
+                # shape, convert the dtype.
+                for i, (grad, (shape, dtype)) in enumerate(zip(output_grads, meta)):
+                    if grad.shape != shape:
+                        raise ValueError(f"the gradient of output {i} has shape "
+                                         f"{grad.shape}, but the output has shape "
+                                         f"{shape}")
+                    if grad.dtype != dtype:
+                        output_grads[i] = grad.astype(dtype)
                 input_grads = [nd.NDArray(ctypes.cast(p, NDArrayHandle), writable=True)
                                for p in ptrs[num_ograds:num_ograds + num_igrads]]
                 req_codes = [reqs[i] for i in range(num_igrads)]
@@ -82,15 +135,17 @@ class Function(autograd.Function):
                 if isinstance(rets, nd.NDArray) or rets is None:
                     rets = (rets,)
                 if len(rets) != len(input_grads):
-                    raise ValueError(f"{type(self).__name__}.backward returned {len(rets)} gradients "
-                                     f"for {len(input_grads)} inputs")
+                    raise ValueError(f"{type(self).__name__}.backward returned "
+                                     f"{len(rets)} gradients for {len(input_grads)} "
+                                     f"inputs")
                 for igrad, ret, req in zip(input_grads, rets, req_codes):
                     if req == _NULL or ret is igrad:
-                        continue                    # MXNet 1.9.1: `return True` (drops the rest)
+                        continue          # MXNet 1.9.1: `return True` (drops the rest)
                     if not isinstance(ret, nd.NDArray):
-                        raise TypeError(f"{type(self).__name__}.backward must return NDArrays, "
-                                        f"got {type(ret).__name__}")
-                    if req == _ADD:                 # MXNet 1.9.1: `req == 'add'` (never true)
+                        raise TypeError(f"{type(self).__name__}.backward must return "
+                                        f"NDArrays, got {type(ret).__name__}")
+                    if req == _ADD:       # MXNet 1.9.1: `req == 'add'` (never true)
+
                         igrad[:] += ret
                     else:
                         igrad[:] = ret
@@ -111,40 +166,50 @@ class Function(autograd.Function):
                      autograd.Function._del_functype(delete_entry)]
         callbacks = [cast(f, CFUNCTYPE(c_int)) for f in callbacks]
         context = MXCallbackList(c_int(len(callbacks)),
-                                 cast(c_array(CFUNCTYPE(c_int), callbacks), POINTER(CFUNCTYPE(c_int))),
-                                 cast(c_array(c_void_p, [None] * len(callbacks)), POINTER(c_void_p)))
+                                 cast(c_array(CFUNCTYPE(c_int), callbacks),
+                                      POINTER(CFUNCTYPE(c_int))),
+                                 cast(c_array(c_void_p, [None] * len(callbacks)),
+                                      POINTER(c_void_p)))
         autograd.Function._registry.ref_holder[key] = context
-        check_call(_LIB.MXCustomFunctionRecord(c_int(len(inputs)), c_handle_array(inputs),
-                                               c_int(len(outputs)), c_handle_array(outputs),
+        check_call(_LIB.MXCustomFunctionRecord(c_int(len(inputs)),
+                                               c_handle_array(inputs),
+                                               c_int(len(outputs)),
+                                               c_handle_array(outputs),
                                                ctypes.byref(context)))
         return ret_outputs
 
     def grad_req(self, i: int) -> str:
-        """Inside ``backward``: how input ``i``'s gradient is stored, ``'null'``, ``'write'`` or ``'add'``."""
+        """Inside ``backward``: how input ``i``'s gradient is stored, ``'null'``,
+        ``'write'`` or ``'add'``."""
         code = self._req_codes[i]
         return "null" if code == _NULL else "add" if code == _ADD else "write"
 
     def grad_buffer(self, i: int) -> Optional[nd.NDArray]:
-        """Inside ``backward``: the array input ``i``'s gradient is written to, if it is overwritten."""
-        return self._input_grads[i] if self._req_codes[i] in (_WRITE, _INPLACE) else None
+        """Inside ``backward``: the array input ``i``'s gradient is written to, if it is
+        overwritten."""
+        return (self._input_grads[i] if self._req_codes[i] in (_WRITE, _INPLACE)
+                else None)
 
 
-# A Function's backward runs as a Python callback on one of MXNet's engine threads, after
-# `loss.backward()` has returned. If the interpreter exits while such callbacks are still queued (the
-# gradients of the last batch are still being computed), MXNet's own exit hook, MXNotifyShutdown,
-# puts the engine into its shutdown phase and then waits for all pending work, which never finishes:
-# the process hangs at exit (MXNet 1.9.1; seen with gdb: engine threads idle, main thread in
-# WaitForAll). Exit hooks run last-registered-first, so waiting here first (mxnet was imported above,
-# so its hook is older) lets the callbacks finish while the engine still runs them.
+# A Function's backward runs as a Python callback on one of MXNet's engine threads,
+# after `loss.backward()` has returned. If the interpreter exits while such callbacks
+# are still queued (the gradients of the last batch are still being computed), MXNet's
+# own exit hook, MXNotifyShutdown, puts the engine into its shutdown phase and then
+# waits for all pending work, which never finishes: the process hangs at exit (MXNet
+# 1.9.1; seen with gdb: engine threads idle, main thread in WaitForAll). Exit hooks run
+# last-registered-first, so waiting here first (mxnet was imported above, so its hook is
+# older) lets the callbacks finish while the engine still runs them.
 atexit.register(nd.waitall)
 
 
-# Constant vectors, one per (length, value, context, dtype): the right-hand sides of the sums.
+# Constant vectors, one per (length, value, context, dtype): the right-hand sides
+# of the sums.
 _CONSTANTS: Dict[Tuple[int, float, mx.Context, str], nd.NDArray] = {}
 
 
 def _full(n: int, value: float, ctx: mx.Context, dtype) -> nd.NDArray:
-    """A cached vector of ``n`` copies of ``value`` (never modified, so safe to share)."""
+    """A cached vector of ``n`` copies of ``value`` (never modified, so safe to share).
+    """
     key = (n, float(value), ctx, str(dtype))
     if key not in _CONSTANTS:
         if len(_CONSTANTS) > 512:
@@ -153,21 +218,24 @@ def _full(n: int, value: float, ctx: mx.Context, dtype) -> nd.NDArray:
     return _CONSTANTS[key]
 
 
-def channel_sum(X: nd.NDArray, weight: float = 1.0, out: Optional[nd.NDArray] = None) -> nd.NDArray:
+def channel_sum(X: nd.NDArray, weight: float = 1.0,
+                out: Optional[nd.NDArray] = None) -> nd.NDArray:
     """``weight`` times the per-feature (per-channel) sum, as matrix-vector products.
 
-    X: (N, D) -> (D,); X: (N, C, H, W) -> (C,). Same result as ``weight * X.sum(axis=0)`` or
-    ``weight * X.sum(axis=(0, 2, 3))``, many times faster: view X as an (N*C, H*W) matrix and
-    multiply it by ones(H*W) (one row sum per example and channel, over contiguous memory), then
-    sum the (N, C) result over N with a second product, (weight, ..., weight) @ (N, C). With
-    ``weight=1/m`` it is the mean, with ``-1/m`` minus the mean, at no extra cost. The result is
-    written into ``out`` if given.
+    X: (N, D) -> (D,); X: (N, C, H, W) -> (C,). Same result as
+    ``weight * X.sum(axis=0)`` or ``weight * X.sum(axis=(0, 2, 3))``, many times faster:
+    view X as an (N*C, H*W) matrix and multiply it by ones(H*W) (one row sum per example
+    and channel, over contiguous memory), then sum the (N, C) result over N with a
+    second product, (weight, ..., weight) @ (N, C). With ``weight=1/m`` it is the mean,
+    with ``-1/m`` minus the mean, at no extra cost. The result is written into ``out``
+    if given.
     """
     N, C = X.shape[0], X.shape[1]
     if X.ndim == 4:
         HW = X.shape[2] * X.shape[3]
         ones = _full(HW, 1.0, X.context, X.dtype).reshape((1, HW))
-        X = nd.FullyConnected(X.reshape((N * C, HW)), ones, no_bias=True, num_hidden=1).reshape((N, C))
+        X = nd.FullyConnected(X.reshape((N * C, HW)), ones, no_bias=True,
+                              num_hidden=1).reshape((N, C))
     return nd.dot(_full(N, weight, X.context, X.dtype), X, out=out)
 
 
@@ -176,7 +244,7 @@ def _per_row(v: nd.NDArray, X: nd.NDArray) -> nd.NDArray:
     C = X.shape[1]
     if X.ndim == 2:
         return v.reshape((1, C))
-    return nd.tile(v, X.shape[0]).reshape((X.shape[0] * C, 1))    # row n*C + c holds v[c]
+    return nd.tile(v, X.shape[0]).reshape((X.shape[0] * C, 1))  # row n*C + c holds v[c]
 
 
 def _rows(X: nd.NDArray) -> nd.NDArray:
@@ -184,20 +252,23 @@ def _rows(X: nd.NDArray) -> nd.NDArray:
     return X if X.ndim == 2 else X.reshape((X.shape[0] * X.shape[1], -1))
 
 
-def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray], shift: Optional[nd.NDArray] = None,
+def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray],
+                shift: Optional[nd.NDArray] = None,
                 out: Optional[nd.NDArray] = None) -> nd.NDArray:
-    """``scale[c] * X[:, c] + shift[c]`` for every feature/channel c. X: (N, C) or (N, C, H, W).
+    """``scale[c] * X[:, c] + shift[c]`` for every feature/channel c.
+    X: (N, C) or (N, C, H, W).
 
-    scale, shift: (C,) (scale None means 1, shift None means 0). Returns an array shaped like X,
-    written into ``out`` if given (which may be X itself; not while autograd records).
-    Differentiable by autograd.
 
-    A broadcast along the rows of a 2-D array: X: (N, C, H, W) is viewed as the (N*C, H*W) matrix
-    whose row n*C + c is scaled by scale[c]. MXNet 1.9.1 runs this about twice as fast as a
-    broadcast with (1, C, 1, 1) operands. (A depthwise 1x1 convolution would be faster still, but
-    oneDNN may return it in a blocked memory layout, and such arrays produced inside a custom
-    ``autograd.Function`` corrupted gradients; the broadcasting operators always return the plain
-    layout.)
+    scale, shift: (C,) (scale None means 1, shift None means 0). Returns an array shaped
+    like X, written into ``out`` if given (which may be X itself; not while autograd
+    records). Differentiable by autograd.
+
+    A broadcast along the rows of a 2-D array: X: (N, C, H, W) is viewed as the
+    (N*C, H*W) matrix whose row n*C + c is scaled by scale[c]. MXNet 1.9.1 runs this
+    about twice as fast as a broadcast with (1, C, 1, 1) operands. (A depthwise 1x1
+    convolution would be faster still, but oneDNN may return it in a blocked memory
+    layout, and such arrays produced inside a custom ``autograd.Function`` corrupted
+    gradients; the broadcasting operators always return the plain layout.)
     """
     rows = _rows(X)
     dst = None if out is None else _rows(out)
@@ -207,27 +278,32 @@ def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray], shift: Optional[nd.N
         Y = nd.broadcast_add(rows, _per_row(shift, X), out=dst)
     else:
         Y = nd.broadcast_mul(rows, _per_row(scale, X), out=dst)
-        if shift is not None:       # in place (no second buffer) unless autograd records it
-            Y = nd.broadcast_add(Y, _per_row(shift, X), out=None if autograd.is_recording() else Y)
+        if shift is not None:   # in place (no second buffer) unless autograd records it
+            Y = nd.broadcast_add(Y, _per_row(shift, X),
+                                 out=None if autograd.is_recording() else Y)
     return Y.reshape(X.shape) if out is None else out
 
 
 class BatchNormTrain(Function):
-    """Training-mode batch norm with the closed-form backward; inputs X, gamma, beta -> Y.
+    """Training-mode batch norm with the closed-form backward; inputs
+    X, gamma, beta -> Y.
 
-    ``forward`` normalises with the batch mean and biased variance, in two passes (the mean, then
-    the centred squares, so no digits are lost to E[x^2] - E[x]^2), and leaves them in
-    ``self.mean`` and ``self.var`` for the moving averages. ``backward`` evaluates, with m values
-    per channel, x_hat = (x - mean) / sqrt(var + eps) and k = gamma / sqrt(var + eps),
+    ``forward`` normalises with the batch mean and biased variance, in two passes (the
+    mean, then the centred squares, so no digits are lost to E[x^2] - E[x]^2), and
+    leaves them in ``self.mean`` and ``self.var`` for the moving averages. ``backward``
+    evaluates, with m values per channel, x_hat = (x - mean) / sqrt(var + eps) and
+    k = gamma / sqrt(var + eps),
 
         dbeta = sum(dy),      dgamma = sum(dy * x_hat),
         dX    = k * (dy - dbeta / m - x_hat * dgamma / m)
-              = k * dy  +  (-k * mean(dy))  +  (x - mean) * (-k / (var + eps) * mean(dy * (x - mean))).
+              = k * dy  +  (-k * mean(dy))
+                +  (x - mean) * (-k / (var + eps) * mean(dy * (x - mean))).
 
-    Every full-size array costs a fresh allocation (on the book's machine, first-touch page faults
-    cost more than the arithmetic), so each pass writes into a buffer it already owns where it can:
-    the forward pass uses two full-size buffers (X - mean, kept for the backward pass, and Y), the
-    backward pass two (dX and one temporary), and dX goes straight into MXNet's gradient buffer.
+    Every full-size array costs a fresh allocation (on the book's machine, first-touch
+    page faults cost more than the arithmetic), so each pass writes into a buffer it
+    already owns where it can: the forward pass uses two full-size buffers (X - mean,
+    kept for the backward pass, and Y), the backward pass two (dX and one temporary),
+    and dX goes straight into MXNet's gradient buffer.
     """
 
     def __init__(self, eps: float):
@@ -237,14 +313,15 @@ class BatchNormTrain(Function):
     def forward(self, X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray) -> nd.NDArray:
         m = X.size // X.shape[1]
         neg_mean = channel_sum(X, -1.0 / m)
-        Xc = scale_shift(X, None, neg_mean)                                    # X - mean
-        Y = nd.square(Xc)                                                      # (reused for Y below)
+        Xc = scale_shift(X, None, neg_mean)                       # X - mean
+        Y = nd.square(Xc)                                         # (reused for Y below)
         var = channel_sum(Y, 1.0 / m)
         inv_std = nd.rsqrt(var + self.eps)
         k = gamma * inv_std
         self.neg_mean, self.var = neg_mean, var
         self.save_for_backward(Xc, inv_std, k)
-        return scale_shift(Xc, k, beta, out=Y)          # MXNet runs it after channel_sum has read Y
+        # MXNet runs it after channel_sum has read Y
+        return scale_shift(Xc, k, beta, out=Y)
 
     @property
     def mean(self) -> nd.NDArray:
@@ -254,51 +331,63 @@ class BatchNormTrain(Function):
     def backward(self, dY: nd.NDArray):
         Xc, inv_std, k = self.saved_tensors
         m = Xc.size // Xc.shape[1]
-        dbeta = channel_sum(dY, out=self.grad_buffer(2))                       # sum(dy)
+        dbeta = channel_sum(dY, out=self.grad_buffer(2))     # sum(dy)
         T = nd.elemwise_mul(dY, Xc)
-        dgamma = nd.elemwise_mul(channel_sum(T), inv_std, out=self.grad_buffer(1))   # sum(dy x_hat)
-        if self.grad_req(0) == "null":                                         # X needs no gradient
+        dgamma = nd.elemwise_mul(channel_sum(T), inv_std,
+                                 out=self.grad_buffer(1))    # sum(dy x_hat)
+        if self.grad_req(0) == "null":                       # X needs no gradient
             return None, dgamma, dbeta
-        shift = k * dbeta * (-1.0 / m)                                         # -k * mean(dy)
-        a = k * inv_std * dgamma * (-1.0 / m)                                  # -k * mean(dy x_hat) / std
-        dX = scale_shift(dY, k, shift, out=self.grad_buffer(0))    # straight into X.grad if we may
-        scale_shift(Xc, a, out=T)                                              # T is free again
+        shift = k * dbeta * (-1.0 / m)                       # -k * mean(dy)
+        a = k * inv_std * dgamma * (-1.0 / m)                # -k * mean(dy x_hat) / std
+        # straight into X.grad if we may
+        dX = scale_shift(dY, k, shift, out=self.grad_buffer(0))
+        scale_shift(Xc, a, out=T)                            # T is free again
+
         return nd.elemwise_add(dX, T, out=dX), dgamma, dbeta
 
 
 def moving_average(moving: nd.NDArray, batch: nd.NDArray, momentum: float,
                    negated: bool = False) -> nd.NDArray:
-    """``momentum * moving + (1 - momentum) * batch`` (``- batch`` if ``negated``) in one operator.
+    """``momentum * moving + (1 - momentum) * batch`` (``- batch`` if ``negated``) in
+    one operator.
 
-    moving, batch: (C,); returns a new array, ``moving`` is not modified. The update is one step of
-    gradient descent, ``moving - (1 - momentum) * (moving - batch)``, so MXNet's fused SGD kernel
-    ``nd.sgd_update(w, g, lr, wd, rescale_grad) = w - lr * (rescale_grad * g + wd * w)`` computes it
-    with lr = 1, wd = 1 - momentum and rescale_grad = -(1 - momentum): one operator instead of three,
-    which matters when the arrays are small and each operator's fixed cost dominates.
+    moving, batch: (C,); returns a new array, ``moving`` is not modified. The update is
+    one step of gradient descent, ``moving - (1 - momentum) * (moving - batch)``, so
+    MXNet's fused SGD kernel
+    ``nd.sgd_update(w, g, lr, wd, rescale_grad) = w - lr * (rescale_grad * g + wd * w)``
+    computes it with lr = 1, wd = 1 - momentum and rescale_grad = -(1 - momentum): one
+    operator instead of three, which matters when the arrays are small and each
+    operator's fixed cost dominates.
     """
     rate = 1.0 - momentum
-    return nd.sgd_update(moving.detach(), batch, lr=1.0, wd=rate, rescale_grad=rate if negated else -rate)
+    return nd.sgd_update(moving.detach(), batch, lr=1.0, wd=rate,
+                         rescale_grad=rate if negated else -rate)
 
 
 def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                     moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
                     eps: float = 1e-5, momentum: float = 0.9
                     ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
-    """``d2lbn.norm.batch_norm``, fast: same arguments, checks, results and ``(Y, new_moving_mean,
-    new_moving_var)``; gradients to X, gamma and beta under ``autograd.record()``.
+    """``d2lbn.norm.batch_norm``, fast: same arguments, checks, results and
+    ``(Y, new_moving_mean, new_moving_var)``; gradients to X, gamma and beta under
+    ``autograd.record()``.
 
-    X: (N, D) or (N, C, H, W), float32 (or float64); gamma, beta, moving_mean, moving_var: (D,) or (C,) on X's
-    context. Training mode runs :class:`BatchNormTrain` (closed-form backward); inference mode is
-    one :func:`scale_shift`, which autograd differentiates directly.
+    X: (N, D) or (N, C, H, W), float32 (or float64); gamma, beta, moving_mean,
+    moving_var: (D,) or (C,) on X's context. Training mode runs :class:`BatchNormTrain`
+    (closed-form backward); inference mode is one :func:`scale_shift`, which autograd
+    differentiates directly.
     """
-    _norm.check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
+    check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
                                 moving_mean=moving_mean, moving_var=moving_var)
     if X.dtype == np.float16 and X.context.device_type == "cpu":
-        raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet 1.9.1 has no CPU "
-                        "float16 FullyConnected); cast X and the vectors, or use impl='naive'")
+        raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet "
+                        "1.9.1 has no CPU float16 FullyConnected); cast X and the "
+                        "vectors, or use impl='naive'")
     if not training:
         k = gamma * nd.rsqrt(moving_var + eps)
-        return scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(), moving_var.detach()
+        return (scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(),
+                moving_var.detach())
+
     fn = BatchNormTrain(eps)
     Y = fn(X, gamma, beta)
     with autograd.pause():
@@ -306,7 +395,3 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
         new_var = moving_average(moving_var, fn.var, momentum)
     return Y, new_mean, new_var
 
-
-# Imported last: d2lbn.norm imports this module to register the fast path, so each module must be
-# fully defined before it asks for the other (the functions above look `_norm` up when called).
-from . import norm as _norm  # noqa: E402  pylint: disable=wrong-import-position

@@ -12,39 +12,50 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 from mxnet import gluon, nd
 
+from .checks import check_eps, check_float_array
 from .norm import BatchNorm
 
 __all__ = ["fold_batch_norm", "batch_norm_inference_params", "fold_layer_and_batch_norm"]
 
 
-def _need(name: str, value, shape: Tuple[int, ...]) -> None:
+def _need(name: str, value, shape: Tuple[int, ...], weight: nd.NDArray) -> None:
     if not isinstance(value, nd.NDArray):
         raise TypeError(f"{name} must be an mxnet NDArray of shape {shape}, got {type(value).__name__}")
     if value.shape != shape:
         raise ValueError(f"{name} must have shape {shape} (one value per output channel); "
                          f"got shape {value.shape}")
+    if value.dtype != weight.dtype:
+        mine, theirs = np.dtype(value.dtype).name, np.dtype(weight.dtype).name
+        raise TypeError(f"{name} has dtype {mine} but weight has dtype {theirs}; use one dtype for all: "
+                        f"{name}.astype('{theirs}')")
 
 
 def fold_batch_norm(weight: nd.NDArray, bias: Optional[nd.NDArray], gamma: nd.NDArray,
                     beta: nd.NDArray, moving_mean: nd.NDArray, moving_var: nd.NDArray,
                     eps: float = 1e-5) -> Tuple[nd.NDArray, nd.NDArray]:
-    """Return ``(folded_weight, folded_bias)`` of one layer equal to layer-then-inference-batch-norm.
+    """``(folded_weight, folded_bias)`` of one layer equal to layer, then inference BN.
 
-    weight: (C_out, C_in) for ``gluon.nn.Dense`` or (C_out, C_in, kh, kw) for ``gluon.nn.Conv2D``
-    (Gluon's layouts: output channels first); bias: (C_out,) or None (a layer with use_bias=False);
-    gamma, beta, moving_mean, moving_var: (C_out,). The folded bias is always returned, (C_out,).
+    weight: (C_out, C_in) for ``gluon.nn.Dense`` or (C_out, C_in, kh, kw) for
+    ``gluon.nn.Conv2D`` (Gluon's layouts: output channels first); bias: (C_out,) or None
+    (a layer with use_bias=False); gamma, beta, moving_mean, moving_var: (C_out,).
+    The folded bias is always returned, (C_out,).
     """
     if not isinstance(weight, nd.NDArray) or weight.ndim < 2:
-        raise ValueError("weight must be an NDArray with output channels first, (C_out, C_in) or "
-                         f"(C_out, C_in, kh, kw); got {getattr(weight, 'shape', type(weight).__name__)}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0; got {eps!r}")
+        got = getattr(weight, 'shape', type(weight).__name__)
+        raise ValueError("weight must be an NDArray with output channels first, "
+                         f"(C_out, C_in) or (C_out, C_in, kh, kw); got {got}")
+    check_float_array("weight", weight)
+    eps = check_eps(eps)
     c_out = weight.shape[0]
-    for name, value in (("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
-                        ("moving_var", moving_var)) + ((("bias", bias),) if bias is not None else ()):
-        _need(name, value, (c_out,))
+    vectors = [("gamma", gamma), ("beta", beta), ("moving_mean", moving_mean),
+               ("moving_var", moving_var)]
+    if bias is not None:
+        vectors.append(("bias", bias))
+    for name, value in vectors:
+        _need(name, value, (c_out,), weight)
     scale = gamma / nd.sqrt(moving_var + eps)                       # (C_out,)
     folded_weight = weight * scale.reshape((c_out,) + (1,) * (weight.ndim - 1))
     z_bias = bias if bias is not None else nd.zeros_like(moving_mean)

@@ -3,21 +3,31 @@
 Shapes used throughout:
 
 * fully connected input ``X: (N, D)`` -- statistics per feature, over axis 0;
-* convolutional input ``X: (N, C, H, W)`` -- statistics per channel, over axes (0, 2, 3).
+* convolutional input ``X: (N, C, H, W)`` -- statistics per channel, over axes
+  (0, 2, 3).
 
-``gamma``, ``beta``, ``moving_mean`` and ``moving_var`` are 1-D arrays of length ``D`` (or ``C``),
-the same layout as MXNet's own ``gluon.nn.BatchNorm`` parameters, so weights can be exchanged.
+``gamma``, ``beta``, ``moving_mean`` and ``moving_var`` are 1-D arrays of length ``D``
+(or ``C``), the same layout as MXNet's own ``gluon.nn.BatchNorm`` parameters, so weights
+can be exchanged.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable, Dict, Tuple, Union
 
 from mxnet import autograd, init, nd
 from mxnet.gluon import nn
 
+# The checks live in d2lbn.checks (imported by fast_norm too, so the imports run one
+# way); they are re-exported here, where code written against earlier versions of d2lbn
+# imports them from.
+from .checks import (check_batch_norm_args, check_layer_args,  # noqa: F401
+                     check_layer_dtype, check_layer_input, check_momentum,
+                     check_norm_inputs, check_rank)
+from .fast_norm import fast_batch_norm
+
 __all__ = ["pure_batch_norm", "reduction_axes", "check_norm_inputs",
-           "batch_norm", "check_momentum", "check_batch_norm_args", "BatchNorm", "IMPLEMENTATIONS", "DEFAULT_IMPL", "get_impl"]
+           "batch_norm", "check_momentum", "check_batch_norm_args", "BatchNorm",
+           "IMPLEMENTATIONS", "DEFAULT_IMPL", "get_impl"]
 
 
 def reduction_axes(X: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
@@ -27,47 +37,20 @@ def reduction_axes(X: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     ``X: (N, C, H, W)`` gives ``axes=(0, 2, 3)`` and ``param_shape=(1, C, 1, 1)``.
     Any other rank raises ``ValueError`` naming the shape that was given.
     """
-    if not isinstance(X, nd.NDArray):
-        raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
+    check_rank(X)                       # an NDArray of rank 2 or 4 (d2lbn.checks)
     if X.ndim == 2:
         return (0,), (1, X.shape[1])
-    if X.ndim == 4:
-        return (0, 2, 3), (1, X.shape[1], 1, 1)
-    raise ValueError(
-        f"X must have rank 2 (N, D) or rank 4 (N, C, H, W); got rank {X.ndim} with shape {X.shape}")
-
-
-def _check_vector(name: str, value: nd.NDArray, num_features: int, X: nd.NDArray) -> None:
-    """Raise a clear error unless ``value`` is a 1-D NDArray of length ``num_features`` on X's context."""
-    if not isinstance(value, nd.NDArray):
-        raise TypeError(f"{name} must be an mxnet NDArray of shape ({num_features},), "
-                        f"got {type(value).__name__}")
-    if value.shape != (num_features,):
-        raise ValueError(f"{name} must have shape ({num_features},) to match X of shape {X.shape} "
-                         f"({num_features} features/channels); got shape {value.shape}")
-    if value.context != X.context:
-        raise ValueError(f"{name} lives on {value.context} but X lives on {X.context}; "
-                         f"move it with {name}.as_in_context(X.context)")
-
-
-def check_norm_inputs(X: nd.NDArray, eps: float, **vectors: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """Validate ``X``, ``eps`` and the per-feature vectors; return ``reduction_axes(X)``."""
-    axes, param_shape = reduction_axes(X)
-    if any(size == 0 for size in X.shape):
-        raise ValueError(f"X must not be empty; got shape {X.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
-    for name, value in vectors.items():
-        _check_vector(name, value, X.shape[1], X)
-    return axes, param_shape
+    return (0, 2, 3), (1, X.shape[1], 1, 1)
 
 
 def pure_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                     eps: float = 1e-5) -> nd.NDArray:
-    """Normalise ``X`` with its own mini-batch statistics, then scale by ``gamma`` and shift by ``beta``.
+    """Normalise ``X`` with its own mini-batch statistics, then scale by ``gamma`` and
+    shift by ``beta``.
 
-    X: (N, D) or (N, C, H, W); gamma, beta: (D,) or (C,). Returns an array shaped like X.
-    The variance is the biased one (divide by the number of values), as in Ioffe & Szegedy (2015).
+    X: (N, D) or (N, C, H, W); gamma, beta: (D,) or (C,). Returns an array shaped like
+    X. The variance is the biased one (divide by the number of values), as in Ioffe &
+    Szegedy (2015).
     """
     axes, param_shape = check_norm_inputs(X, eps, gamma=gamma, beta=beta)
     mean = X.mean(axis=axes, keepdims=True)
@@ -76,58 +59,36 @@ def pure_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     return gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape)
 
 
-def check_momentum(momentum: float) -> None:
-    """Raise unless ``momentum`` is a real number in [0, 1) (MXNet's convention; see ``batch_norm``)."""
-    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a real number in [0, 1), got {type(momentum).__name__}")
-    if not 0 <= momentum < 1:
-        raise ValueError(
-            f"momentum must be in [0, 1): it is the weight of the OLD moving statistics, "
-            f"moving = momentum * moving + (1 - momentum) * batch (MXNet/Keras convention; PyTorch's "
-            f"momentum=0.1 means momentum=0.9 here); got {momentum!r}")
-
-
-def check_batch_norm_args(X: nd.NDArray, eps: float, momentum: float, training: bool,
-                          **vectors: nd.NDArray) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-    """Every check of ``batch_norm``'s arguments (shared by each implementation); returns
-    ``reduction_axes(X)``. In training mode a batch with one value per feature/channel (N == 1 for
-    (N, D), N*H*W == 1 for 4-D) is refused: its variance is 0 and the output would be exactly beta."""
-    axes, param_shape = check_norm_inputs(X, eps, **vectors)
-    check_momentum(momentum)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be True or False, got {training!r}")
-    if training and X.size // X.shape[1] == 1:      # values per feature/channel: N or N*H*W
-        raise ValueError(
-            f"training-mode batch norm needs more than one value per feature/channel to estimate a "
-            f"variance; X of shape {X.shape} has one (its variance is 0, so the output would be exactly "
-            f"beta whatever the input). Use a larger batch, or training=False to use the moving statistics")
-    return axes, param_shape
-
-
 def batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
                eps: float = 1e-5, momentum: float = 0.9
                ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
-    """Batch normalization for training *and* inference; returns ``(Y, new_moving_mean, new_moving_var)``.
+    """Batch normalization for training *and* inference; returns
+    ``(Y, new_moving_mean, new_moving_var)``.
 
-    X: (N, D) or (N, C, H, W); gamma, beta, moving_mean, moving_var: (D,) or (C,), on X's context.
-    Y is shaped like X.
+    X: (N, D) or (N, C, H, W); gamma, beta, moving_mean, moving_var: (D,) or (C,), on
+    X's context. Y is shaped like X.
 
-    * ``training=True``: normalise with the batch mean and the *biased* batch variance (as
-      ``pure_batch_norm``), and return updated moving statistics in MXNet's convention,
-      ``new = momentum * moving + (1 - momentum) * batch_statistic``, with the biased variance.
-      A batch with a single value per feature/channel (N == 1 for (N, D), N*H*W == 1 for 4-D) is
-      refused: its variance is 0 and Y would be exactly ``beta`` whatever X holds.
-    * ``training=False``: normalise with ``moving_mean`` and ``moving_var``; every example is
-      treated alone, and the moving statistics come back unchanged.
+    * ``training=True``: normalise with the batch mean and the *biased* batch variance
+      (as ``pure_batch_norm``), and return updated moving statistics in MXNet's
+      convention, ``new = momentum * moving + (1 - momentum) * batch_statistic``, with
+      the biased variance. A batch with a single value per feature/channel (N == 1 for
+      (N, D), N*H*W == 1 for 4-D) is refused: its variance is 0 and Y would be exactly
+      ``beta`` whatever X holds.
+    * ``training=False``: normalise with ``moving_mean`` and ``moving_var``; every
+      example is treated alone, and the moving statistics come back unchanged.
 
-    The returned moving statistics carry no autograd history (they are never differentiated), and
-    the inputs are not modified: the caller stores the new values (``moving_mean[:] = new``).
+    The returned moving statistics carry no autograd history (they are never
+    differentiated), and the inputs are not modified: the caller stores the new values
+    (``moving_mean[:] = new``).
     """
-    axes, param_shape = check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
-                                              moving_mean=moving_mean, moving_var=moving_var)
+    axes, param_shape = check_batch_norm_args(X, eps, momentum, training,
+                                              gamma=gamma, beta=beta,
+                                              moving_mean=moving_mean,
+                                              moving_var=moving_var)
     if not training:
-        X_hat = (X - moving_mean.reshape(param_shape)) / nd.sqrt(moving_var.reshape(param_shape) + eps)
+        X_hat = ((X - moving_mean.reshape(param_shape))
+                 / nd.sqrt(moving_var.reshape(param_shape) + eps))
         return (gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape),
                 moving_mean.detach(), moving_var.detach())
     mean = X.mean(axis=axes, keepdims=True)
@@ -144,124 +105,130 @@ def batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
 
 BatchNormFunction = Callable[..., Tuple[nd.NDArray, nd.NDArray, nd.NDArray]]
 
-#: Registered implementations of ``batch_norm``'s signature, by name; ``BatchNorm(impl=...)`` picks one.
+#: Registered implementations of ``batch_norm``'s signature, by name;
+#: ``BatchNorm(impl=...)`` picks one.
 IMPLEMENTATIONS: Dict[str, BatchNormFunction] = {"naive": batch_norm}
 
-# The fast path (chapter 3): same signature and results, closed-form backward, fast reductions.
-from .fast_norm import fast_batch_norm  # noqa: E402  (fast_norm calls this module's checks)
+# The fast path (chapter 3): same signature and results, closed-form backward, fast
+# reductions.
 IMPLEMENTATIONS["fast"] = fast_batch_norm
 
-#: The implementation ``BatchNorm`` uses when ``impl`` is None (looked up when the layer is built).
+#: The implementation ``BatchNorm`` uses when ``impl`` is None (looked up when the layer
+#: is built).
 DEFAULT_IMPL = "fast"
 
 
 def get_impl(impl: Union[None, str, BatchNormFunction] = None) -> BatchNormFunction:
-    """Resolve ``impl``: None -> ``IMPLEMENTATIONS[DEFAULT_IMPL]``, a name -> its registered function,
-    a callable (with ``batch_norm``'s signature) -> itself. An unknown name is a ``ValueError``."""
+    """Resolve ``impl``: None -> ``IMPLEMENTATIONS[DEFAULT_IMPL]``, a name -> its
+    registered function, a callable (with ``batch_norm``'s signature) -> itself. An
+    unknown name is a ``ValueError``."""
     if impl is None:
         impl = DEFAULT_IMPL
     if callable(impl):
         return impl
     if not isinstance(impl, str) or impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)} (or a function with "
-                         f"batch_norm's signature); got {impl!r}")
+        raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)} (or a "
+                         f"function with batch_norm's signature); got {impl!r}")
     return IMPLEMENTATIONS[impl]
 
 
-def check_layer_args(num_features: int, num_dims: int, eps: float) -> None:
-    """Validate a normalization layer's constructor arguments (shared by every layer in d2lbn)."""
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
-        raise ValueError(f"num_features must be a positive int; got {num_features!r}")
-    if num_dims not in (2, 4) or isinstance(num_dims, bool):
-        raise ValueError(f"num_dims must be 2 (X: (N, D)) or 4 (X: (N, C, H, W)); got {num_dims!r}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-        raise ValueError(f"eps must be > 0 (it keeps the division finite); got {eps!r}")
-
-
-def check_layer_input(layer: nn.Block, X: nd.NDArray) -> None:
-    """Raise unless X is an NDArray of the layer's rank with ``layer.num_features`` on axis 1."""
-    if not isinstance(X, nd.NDArray):
-        raise TypeError(f"X must be an mxnet NDArray, got {type(X).__name__}")
-    if X.ndim != layer.num_dims or X.shape[1] != layer.num_features:
-        expected = "(N, %d)" % layer.num_features if layer.num_dims == 2 else \
-            "(N, %d, H, W)" % layer.num_features
-        raise ValueError(f"{layer.name} expects X of shape {expected}; got shape {X.shape}")
-
-
 def add_norm_params(layer: nn.Block, num_features: int, moving: bool = True) -> None:
-    """Give ``layer`` gamma (init 1) and beta (init 0), trained, and, if ``moving``, moving_mean
-    (init 0) and moving_var (init 1), not trained; each (num_features,), as in gluon.nn.BatchNorm."""
+    """Give ``layer`` gamma (init 1) and beta (init 0), trained, and, if ``moving``,
+    moving_mean (init 0) and moving_var (init 1), not trained; each (num_features,), as
+    in gluon.nn.BatchNorm."""
     shape = (num_features,)
     with layer.name_scope():
         layer.gamma = layer.params.get("gamma", shape=shape, init=init.One())
         layer.beta = layer.params.get("beta", shape=shape, init=init.Zero())
         if moving:
-            layer.moving_mean = layer.params.get("moving_mean", shape=shape, init=init.Zero(),
-                                                 grad_req="null", differentiable=False)
-            layer.moving_var = layer.params.get("moving_var", shape=shape, init=init.One(),
-                                                grad_req="null", differentiable=False)
+            layer.moving_mean = layer.params.get("moving_mean", shape=shape,
+                                                 init=init.Zero(), grad_req="null",
+                                                 differentiable=False)
+            layer.moving_var = layer.params.get("moving_var", shape=shape,
+                                                init=init.One(), grad_req="null",
+                                                differentiable=False)
 
 
 class BatchNorm(nn.Block):
-    """Batch normalization layer built on ``batch_norm``, with the parameter layout of ``gluon.nn.BatchNorm``.
+    """Batch normalization layer built on ``batch_norm``, with the parameter layout of
+    ``gluon.nn.BatchNorm``.
 
-    num_features: D for X: (N, D), or C for X: (N, C, H, W); num_dims: 2 or 4, the rank of X.
-    Parameters, each shaped (num_features,): ``gamma`` (init 1) and ``beta`` (init 0), trained;
-    ``moving_mean`` (init 0) and ``moving_var`` (init 1), not trained (``grad_req='null'``).
+    num_features: D for X: (N, D), or C for X: (N, C, H, W); num_dims: 2 or 4, the rank
+    of X. Parameters, each shaped (num_features,): ``gamma`` (init 1) and ``beta``
+    (init 0), trained; ``moving_mean`` (init 0) and ``moving_var`` (init 1), not trained
+    (``grad_req='null'``). X and the parameters share one floating dtype
+    (``net.cast('float64')`` changes the layer's).
 
     The mode follows ``autograd.is_training()`` (True inside ``autograd.record()`` and
-    ``autograd.train_mode()``). In training mode the forward pass updates the moving statistics in
-    place; unlike ``gluon.nn.BatchNorm`` (which updates them during ``backward``) no backward pass is
-    needed. The layer computes on X's context, with the parameter copies initialised there.
+    ``autograd.train_mode()``). In training mode the forward pass updates the moving
+    statistics in place (a feature whose batch statistics are not finite keeps its old
+    ones); unlike ``gluon.nn.BatchNorm`` (which updates them during ``backward``) no
+    backward pass is needed. The layer computes on X's context, with the parameter
+    copies initialised there.
 
-    ``impl`` picks the function: None (``DEFAULT_IMPL``), a name in ``IMPLEMENTATIONS``, or a function
-    with ``batch_norm``'s signature (the book uses this to run a deliberately wrong one).
+    ``impl`` picks the function: None (``DEFAULT_IMPL``), a name in ``IMPLEMENTATIONS``,
+    or a function with ``batch_norm``'s signature (the book uses this to run a
+    deliberately wrong one).
     """
 
-    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9,
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5,
+                 momentum: float = 0.9,
                  impl: Union[None, str, BatchNormFunction] = None, **kwargs):
         super().__init__(**kwargs)
-        check_layer_args(num_features, num_dims, eps)
+        num_features, num_dims, eps = check_layer_args(num_features, num_dims, eps)
         check_momentum(momentum)
         self.num_features, self.num_dims = num_features, num_dims
-        self.eps, self.momentum = float(eps), float(momentum)
+        self.eps, self.momentum = eps, float(momentum)
         self.impl = DEFAULT_IMPL if impl is None else impl
         self._fn = get_impl(self.impl)
-        add_norm_params(self, num_features)
+        add_norm_params(self, self.num_features)
 
     def forward(self, X: nd.NDArray) -> nd.NDArray:
         check_layer_input(self, X)
         ctx = X.context
+        gamma = self.gamma.data(ctx)
+        # float64 X, float32 layer: say net.cast('float64')
+        check_layer_dtype(self, X, gamma)
         moving_mean, moving_var = self.moving_mean.data(ctx), self.moving_var.data(ctx)
         training = autograd.is_training()
-        Y, new_mean, new_var = self._fn(X, self.gamma.data(ctx), self.beta.data(ctx), moving_mean,
+        Y, new_mean, new_var = self._fn(X, gamma, self.beta.data(ctx), moving_mean,
                                         moving_var, training=training, eps=self.eps,
                                         momentum=self.momentum)
         if training:
-            with autograd.pause():          # copyto: same as `[:] =`, without ~60 us of indexing logic
-                new_mean.copyto(moving_mean)
-                new_var.copyto(moving_var)
+            with autograd.pause():
+                # A feature whose batch statistics are NaN or infinite keeps its old
+                # moving statistics: one bad batch must not poison inference (train()
+                # then stops).
+                finite = nd.contrib.isfinite(new_mean + new_var)
+                nd.where(finite, new_mean, moving_mean, out=moving_mean)
+                nd.where(finite, new_var, moving_var, out=moving_var)
         return Y
 
     def __repr__(self) -> str:
-        impl = self.impl if isinstance(self.impl, str) else getattr(self.impl, "__name__", repr(self.impl))
-        return (f"{type(self).__name__}(num_features={self.num_features}, num_dims={self.num_dims}, "
-                f"eps={self.eps:g}, momentum={self.momentum:g}, impl={impl!r})")
+        impl = (self.impl if isinstance(self.impl, str)
+                else getattr(self.impl, "__name__", repr(self.impl)))
+        return (f"{type(self).__name__}(num_features={self.num_features}, "
+                f"num_dims={self.num_dims}, eps={self.eps:g}, "
+                f"momentum={self.momentum:g}, impl={impl!r})")
 
 
-# ---- layer normalization (for contrast: statistics per example, not per batch) --------------------
 
-def layer_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray, eps: float = 1e-5) -> nd.NDArray:
-    """Layer normalization (Ba et al., 2016): normalise each *example* with its own statistics.
+# ---- layer normalization (for contrast: statistics per example, not per batch) -------
+
+def layer_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+               eps: float = 1e-5) -> nd.NDArray:
+    """Layer normalization (Ba et al., 2016): normalise each *example* with its own
+    statistics.
 
     X: (N, D) -- mean and biased variance of each row over its D features (axis 1);
     X: (N, C, H, W) -- of each example over all its C*H*W values (axes 1, 2, 3).
-    gamma, beta: (D,) or (C,), one scale and shift per feature/channel as in ``batch_norm`` (for 4-D
-    input this is group normalization with one group). Returns an array shaped like X.
+    gamma, beta: (D,) or (C,), one scale and shift per feature/channel as in
+    ``batch_norm`` (for 4-D input this is group normalization with one group). Returns
+    an array shaped like X.
 
-    No statistic mixes examples, so the result for one example does not depend on the rest of the
-    batch (or on its size), and training and inference compute the same thing: there are no moving
-    statistics. A single example is fine.
+    No statistic mixes examples, so the result for one example does not depend on the
+    rest of the batch (or on its size), and training and inference compute the same
+    thing: there are no moving statistics. A single example is fine.
     """
     check_norm_inputs(X, eps, gamma=gamma, beta=beta)
     _, param_shape = reduction_axes(X)
@@ -273,27 +240,31 @@ def layer_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray, eps: float = 
 
 
 class LayerNorm(nn.Block):
-    """Layer normalization layer built on ``layer_norm``, with the interface of ``BatchNorm``.
+    """Layer normalization layer built on ``layer_norm``, with the interface of
+    ``BatchNorm``.
 
-    num_features: D for X: (N, D), or C for X: (N, C, H, W); num_dims: 2 or 4, the rank of X.
-    Parameters ``gamma`` (init 1) and ``beta`` (init 0), each (num_features,). Nothing else: the
-    layer behaves the same in training and inference mode.
+    num_features: D for X: (N, D), or C for X: (N, C, H, W); num_dims: 2 or 4, the rank
+    of X. Parameters ``gamma`` (init 1) and ``beta`` (init 0), each (num_features,).
+    Nothing else: the layer behaves the same in training and inference mode.
     """
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, **kwargs):
         super().__init__(**kwargs)
-        check_layer_args(num_features, num_dims, eps)
-        self.num_features, self.num_dims, self.eps = num_features, num_dims, float(eps)
-        add_norm_params(self, num_features, moving=False)
+        self.num_features, self.num_dims, self.eps = check_layer_args(num_features,
+                                                                      num_dims, eps)
+        add_norm_params(self, self.num_features, moving=False)
 
     def forward(self, X: nd.NDArray) -> nd.NDArray:
         check_layer_input(self, X)
         ctx = X.context
-        return layer_norm(X, self.gamma.data(ctx), self.beta.data(ctx), self.eps)
+        gamma = self.gamma.data(ctx)
+        check_layer_dtype(self, X, gamma)
+        return layer_norm(X, gamma, self.beta.data(ctx), self.eps)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(num_features={self.num_features}, num_dims={self.num_dims}, "
-                f"eps={self.eps:g})")
+        return (f"{type(self).__name__}(num_features={self.num_features}, "
+                f"num_dims={self.num_dims}, eps={self.eps:g})")
+
 
 
 __all__ += ["layer_norm", "LayerNorm"]

@@ -27,7 +27,9 @@ import mxnet as mx
 from mxnet import autograd, gluon, init, nd
 from mxnet.gluon import nn
 
-from .norm import add_norm_params, check_layer_args, check_momentum, check_norm_inputs
+from .checks import (check_int, check_layer_args, check_layer_dtype, check_momentum, check_norm_inputs,
+                     check_training)
+from .norm import add_norm_params
 
 __all__ = ["split_batch", "all_reduce_sum", "sync_moments", "sync_batch_norm", "SyncBatchNorm",
            "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "in_threads", "data_parallel_step",
@@ -140,8 +142,7 @@ def sync_batch_norm(Xs: Sequence[nd.NDArray], gammas: Sequence[nd.NDArray],
         check_norm_inputs(Xs[k], eps, gamma=gammas[k], beta=betas[k],
                           moving_mean=moving_means[k], moving_var=moving_vars[k])
     check_momentum(momentum)
-    if not isinstance(training, bool):
-        raise TypeError(f"training must be True or False, got {training!r}")
+    check_training(training)
     shape = (1, -1) if Xs[0].ndim == 2 else (1, -1, 1, 1)
     if training:
         count = sum(X.size // X.shape[1] for X in Xs)
@@ -177,9 +178,10 @@ class SyncBatchNorm(nn.Block):
 
     def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.9, **kwargs):
         super().__init__(**kwargs)
-        check_layer_args(num_features, num_dims, eps)
+        num_features, num_dims, eps = check_layer_args(num_features, num_dims, eps)
         check_momentum(momentum)
-        self.num_features, self.num_dims, self.eps, self.momentum = num_features, num_dims, float(eps), float(momentum)
+        self.num_features, self.num_dims = num_features, num_dims
+        self.eps, self.momentum = eps, float(momentum)
         add_norm_params(self, num_features)
 
     def forward(self, Xs: Sequence[nd.NDArray]) -> List[nd.NDArray]:
@@ -192,6 +194,8 @@ class SyncBatchNorm(nn.Block):
                 raise ValueError(f"{self.name} expects slices with {self.num_dims} axes and "
                                  f"{self.num_features} features/channels on axis 1; got shape {X.shape}")
         ctxs = [X.context for X in Xs]
+        for X in Xs:
+            check_layer_dtype(self, X, self.gamma.data(X.context))
         means = [self.moving_mean.data(c) for c in ctxs]
         variances = [self.moving_var.data(c) for c in ctxs]
         training = autograd.is_training()
@@ -256,8 +260,7 @@ def data_parallel_lenet(norm: str, num_devices: int, activation: str = "relu") -
     from .norm import BatchNorm
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices <= 0:
-        raise ValueError(f"num_devices must be a positive int; got {num_devices!r}")
+    num_devices = check_int("num_devices", num_devices)
     if norm == "local":
         return models._build(lambda c, d: BatchNorm(c, d, impl="naive"), activation)
     if norm == "mxnet-sync":
@@ -295,6 +298,7 @@ def reference_and_data_parallel(norm: str, ctxs: Sequence[mx.Context], X: nd.NDA
         raise RuntimeError("the two nets do not have the same parameter layout")
     for source, target in zip(mine, theirs):
         target.set_data(source.data(ctxs[0]))
+    nd.waitall()            # nothing left queued (see data_parallel_step)
     return one, many
 
 
@@ -338,6 +342,8 @@ def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer,
     pass in its own thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator
     blocks until every device has reached it, and one thread driving the devices in turn
     can wait forever (it does on this build once two such layers sit in one net).
+    Pending work is finished first (``nd.waitall()``): a first step from a cold start
+    hung without it.
     """
     Xs, ys = split_batch(X, y, ctxs)
     if _has_mxnet_sync(net):
@@ -346,6 +352,11 @@ def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer,
             with autograd.predict_mode():
                 for Xk in Xs:
                     net(Xk)
+        # Let every queued operation finish first: if work pushed earlier (the shape
+        # inference above, parameter copies) is still pending when the threads push the
+        # synchronised forward passes, MXNet 1.9.1's barrier can wait forever (a cold
+        # start hung on its first step).
+        nd.waitall()
 
         def work(k: int) -> nd.NDArray:
             with autograd.record():

@@ -6,13 +6,15 @@ import random
 import mxnet as mx
 import numpy as np
 
+from .checks import check_int
+
 __all__ = ["set_seed"]
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and MXNet (every context) with ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0; got {seed!r}")
+    """Seed Python's ``random``, NumPy and MXNet (every context) with ``seed`` (an int >= 0, a NumPy
+    integer too)."""
+    seed = check_int("seed", seed, minimum=0)
     random.seed(seed)
     np.random.seed(seed)
     mx.random.seed(seed)

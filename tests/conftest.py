@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+import d2lbn  # noqa: F401  (first: under NumPy 1.24-1.26 it aliases numpy.bool before mxnet loads)
+
 
 def numpy_batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
     """Float64 batch norm written directly from Ioffe & Szegedy (2015), Algorithm 1.

@@ -9,7 +9,7 @@ import mxnet as mx
 from mxnet import nd
 
 import d2lbn
-from d2lbn import data, device, plot
+from d2lbn import data, device, models, plot, train
 from d2lbn.norm import BatchNorm, batch_norm, pure_batch_norm
 
 
@@ -96,6 +96,43 @@ CASES = [
      TypeError, r"X must be an mxnet NDArray, got ndarray"),
     ("layer: training batch of one", lambda: layer_call(BatchNorm(3, 2), ones(1, 3), training=True),
      ValueError, r"more than one value per feature/channel .* shape \(1, 3\)"),
+    # --- dtypes and numbers (issue 16; integer/bool X is in test_reliability.py's crash-isolated matrix) --
+    ("pure: float64 X, float32 gamma", lambda: pure_batch_norm(nd.ones((2, 3), dtype="float64"), ones(3),
+                                                               nd.zeros(3, dtype="float64")),
+     TypeError, r"gamma has dtype float32 but X has dtype float64; .* gamma\.astype\('float64'\)"),
+    ("bn: float64 moving_var", lambda: bn(ones(4, 3), moving_var=nd.ones(3, dtype="float64")),
+     TypeError, r"moving_var has dtype float64 but X has dtype float32; .*moving_var\.astype\('float32'\)"),
+    ("pure: eps string", lambda: pure_batch_norm(ones(2, 3), ones(3), ones(3), eps="1e-5"),
+     TypeError, r"eps must be > 0 .* got '1e-5' \(str\)"),
+    ("bn: eps None", lambda: bn(ones(4, 3), eps=None), TypeError, r"eps must be > 0 .* got None"),
+    ("bn: eps nan", lambda: bn(ones(4, 3), eps=float("nan")), ValueError, r"eps must be > 0 .* got nan"),
+    ("layer: float64 input", lambda: layer_call(BatchNorm(3, 2), nd.ones((2, 3), dtype="float64")),
+     TypeError, r"holds float32 parameters but X is float64; cast the net \(net\.cast\('float64'\)\)"),
+    ("layer: num_features string", lambda: BatchNorm("3", 2),
+     TypeError, r"num_features must be a positive int; got '3' \(str\)"),
+    ("layer: num_features 3.0", lambda: BatchNorm(3.0, 2),
+     TypeError, r"num_features must be a positive int; got 3.0 \(float\)"),
+    ("layer: eps string", lambda: BatchNorm(3, 2, eps="1e-5"), TypeError, r"eps must be > 0 .* got '1e-5'"),
+    ("layer: num_dims string", lambda: BatchNorm(3, "2"), TypeError, r"num_dims must be 2 .* or 4 .*; got '2'"),
+    ("data: batch_size string", lambda: data.load_fashion_mnist("64"),
+     TypeError, r"batch_size must be a positive int; got '64' \(str\)"),
+    ("data: resize past 2^31", lambda: data.load_fashion_mnist(256, resize=4096),
+     ValueError, r"batch_size 256 with resize=4096 gives batches of 4294967296 values, more than MXNet's 2\^31"),
+    ("data: num_workers negative", lambda: data.load_fashion_mnist(8, num_workers=-1),
+     ValueError, r"num_workers must be an int >= 0; got -1"),
+    ("seed: string", lambda: d2lbn.set_seed("0"), TypeError, r"seed must be an int >= 0; got '0' \(str\)"),
+    ("device: float index", lambda: device.try_gpu(0.0), TypeError, r"i must be a GPU index, an int >= 0; got 0.0"),
+    ("train: lr string", lambda: train.train(models.lenet(), [], [], 1, "0.1", mx.cpu(), plot=False),
+     TypeError, r"lr must be a positive finite number; got '0.1' \(str\)"),
+    ("train: num_epochs float", lambda: train.train(models.lenet(), [], [], np.float64(2), 0.1, mx.cpu(), plot=False),
+     TypeError, r"num_epochs must be a positive int; got 2.0"),
+    ("train: check_every 0", lambda: train.train(models.lenet(), [], [], 1, 0.1, mx.cpu(), plot=False, check_every=0),
+     ValueError, r"check_every must be a positive int; got 0"),
+    ("subset: size string", lambda: train.subset(data.training_loader(
+        mx.gluon.data.ArrayDataset(nd.ones((4, 2))), 2), "3", shuffle=True),
+     TypeError, r"the subset size must be a positive int; got '3' \(str\)"),
+    ("sampler: batch_size 0", lambda: data.TrainBatchSampler(10, 0),
+     ValueError, r"batch_size must be a positive int; got 0"),
     # --- data -------------------------------------------------------------------------------------
     ("data: batch_size 0", lambda: data.load_fashion_mnist(0),
      ValueError, r"batch_size must be a positive int; got 0"),
@@ -140,3 +177,8 @@ def test_error_types_are_documented():
     """d2lbn's own error classes subclass the built-in ones callers already catch."""
     assert issubclass(data.DataFileError, ValueError)
     assert issubclass(data.DataNotFoundError, FileNotFoundError)
+    # a string where a number belongs is a TypeError, and still the ValueError d2lbn raised before
+    assert issubclass(d2lbn.checks.ArgumentTypeError, TypeError)
+    assert issubclass(d2lbn.checks.ArgumentTypeError, ValueError)
+    assert issubclass(train.NonFiniteLossError, train.NonFiniteError)
+    assert issubclass(train.NonFiniteError, FloatingPointError)

@@ -321,6 +321,7 @@ def test_process_exits_while_a_backward_is_pending(tmp_path):
     on the book's 2-core machine (checked with the hook removed)."""
     script = tmp_path / "train_and_exit.py"
     script.write_text(textwrap.dedent("""
+        import d2lbn  # first: under NumPy 1.24-1.26 it aliases numpy.bool, which mxnet 1.9.1 reads
         from mxnet import autograd, gluon, init, nd
         from mxnet.gluon import nn
         from d2lbn.norm import BatchNorm

@@ -184,15 +184,18 @@ def test_empty_iterator():
 
 # ---- the training loop ---------------------------------------------------------------------------------
 
-def test_non_finite_loss_names_epoch_and_batch():
+def test_non_finite_input_names_epoch_and_batch():
+    """A NaN pixel is caught in the input, before the forward pass (tests/test_reliability.py trains
+    LeNets through it)."""
     batches = fake_batches(128, 32)                      # 4 batches
     bad = batches[2][0].copy()
     bad[0, 0, 5, 5] = np.nan
     poisoned = [batches[0], batches[1], (bad, batches[2][1]), batches[3]]
-    net = gluon.nn.Dense(10)   # (LeNet's max pooling would drop a lone NaN pixel)
-    with pytest.raises(T.NonFiniteLossError, match=r"loss became nan at epoch 1 of 2, batch 3 of 4 \(lr=0.1\)") as info:
+    net = gluon.nn.Dense(10)
+    with pytest.raises(T.NonFiniteError, match=r"the input X holds NaN or infinite values at epoch 1 of 2, batch 3 of 4") as info:
         T.train(net, poisoned, batches, 2, 0.1, mx.cpu(), progress=False, plot=False, log=lambda s: None)
-    assert info.value.history.epochs == 0
+    assert info.value.history.epochs == 0 and (info.value.epoch, info.value.batch) == (1, 3)
+    assert all(np.isfinite(p.data().asnumpy()).all() for p in net.collect_params().values())
     # the step with the NaN gradient was not taken: every weight is still finite
     assert all(np.isfinite(p.data().asnumpy()).all() for p in net.collect_params().values())
 

@@ -7,7 +7,8 @@ _build/html is served on 127.0.0.1 and every page of _toc.yml is opened. For eac
 * its math is typeset by MathJax (mjx-container elements, no TeX errors), and no raw TeX (`$...$`,
   `\\(`, `\\frac`) is left in the text;
 * the sidebar lists every page, marks the current one, and all its links resolve;
-* chapters' dropdown solutions start hidden and open on a click.
+* chapters' dropdown solutions start hidden and open on a click;
+* no code block (`pre`: cell inputs and outputs, included functions) scrolls sideways at 1280 px.
 Walking the book with the "next" button from the front page visits every page in _toc.yml order, and
 "previous" walks back. The search page finds every chapter. Screenshots go to _build/screenshots/ (top of each page, the full page, one
 dark-mode and one phone-sized view) for people to look at.
@@ -64,6 +65,10 @@ PAGE_FACTS_JS = r"""
     prev: prev ? abs(prev) : null, next: next ? abs(next) : null,
     dropdowns: drops.length,
     h1: [...article.querySelectorAll('h1')].map(h => h.textContent.replace(/#$/, '').trim()),
+    wideCode: [...article.querySelectorAll('pre')].filter(p => p.scrollWidth > p.clientWidth + 1)
+      .map(p => ({kind: p.closest('.cell_output, .output') ? 'cell output' : 'code',
+                  scrollWidth: p.scrollWidth, clientWidth: p.clientWidth,
+                  line: p.textContent.split('\n').reduce((a, b) => b.length > a.length ? b : a, '').slice(0, 90)})),
   };
 })()
 """
@@ -208,6 +213,16 @@ def test_math_is_typeset(page, visit):
     assert not facts["untypeset"], f"{page.docname}: math elements MathJax did not typeset: {facts['untypeset'][:5]}"
     assert not facts["mjxErrors"], f"{page.docname}: MathJax errors: {facts['mjxErrors']}"
     assert not facts["rawTeX"], f"{page.docname}: raw TeX left in the text: {facts['rawTeX'][:5]}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_ids)
+def test_code_blocks_fit_the_page(page, visit):
+    """No code block (cell input, literalinclude; outputs wrap by CSS) scrolls sideways at 1280 px: code
+    stays within about 88 characters a line (tests/test_code_width.py checks the sources)."""
+    wide = visit(page)["wideCode"]
+    assert not wide, (f"{page.docname}: {len(wide)} code block(s) scroll sideways at the desktop width:\n"
+                      + "\n".join(f"  {w['kind']}: {w['scrollWidth']} px in {w['clientWidth']} px, "
+                                   f"longest line {w['line']!r}" for w in wide))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=_ids)

@@ -1,0 +1,243 @@
+"""The parameter-server launcher (d2lbn.launch): environment, ports, printed multi-host commands, and
+what happens when a process dies or the launcher is interrupted. Everything binds to 127.0.0.1 on
+ports found free at launch time; every test is bounded in time and checks, by a token in the
+environment that every child inherits, that no process of its job is left behind."""
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+
+from d2lbn import launch as L
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---- pure functions ------------------------------------------------------------------------------
+
+def test_free_ports_are_distinct_sorted_and_bindable_on_localhost():
+    ports = L.free_ports(5)
+    assert len(set(ports)) == 5 and ports == sorted(ports)
+    for port in ports:
+        with socket.socket() as s:
+            s.bind((L.LOCALHOST, port))
+    assert L.free_ports(0) == []
+    with pytest.raises(ValueError, match="n must be"):
+        L.free_ports(-1)
+
+
+def test_role_env_names_the_role_and_the_scheduler():
+    env = L.role_env("worker", "127.0.0.1", 9000, num_workers=2, num_servers=1, node_port=9100,
+                     node_host="127.0.0.1")
+    assert env == {"DMLC_ROLE": "worker", "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9000",
+                   "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1", "DMLC_NODE_HOST": "127.0.0.1",
+                   "PORT": "9100"}
+    with pytest.raises(ValueError, match="role"):
+        L.role_env("boss", "127.0.0.1", 9000, 1, 1)
+    with pytest.raises(ValueError, match="num_workers"):
+        L.role_env("worker", "127.0.0.1", 9000, 0, 1)
+
+
+def test_launch_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="command"):
+        L.launch("python train.py", 2)
+    with pytest.raises(ValueError, match="command"):
+        L.launch([], 2)
+    with pytest.raises(ValueError, match="num_workers"):
+        L.launch(["true"], 0)
+    with pytest.raises(ValueError, match="num_servers"):
+        L.launch(["true"], 1, num_servers=True)
+
+
+def test_hostfile_commands_place_scheduler_servers_and_workers(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the cluster\nnode-a\n\nnode-b  # second\n")
+    hosts = L.read_hostfile(str(hostfile))
+    assert hosts == ["node-a", "node-b"]
+    lines = L.hostfile_commands(["python", "-m", "d2lbn", "train", "--kvstore", "dist_sync"], 3, 2,
+                                hosts, port=9200, workdir="/srv/book")
+    assert len(lines) == 1 + 2 + 3
+    expected = [("node-a", "scheduler"), ("node-a", "server"), ("node-b", "server"),
+                ("node-a", "worker"), ("node-b", "worker"), ("node-a", "worker")]
+    for line, (host, role) in zip(lines, expected):
+        assert line.startswith(f"ssh -o StrictHostKeyChecking=no {host} ") and line.endswith(" &")
+        assert f"DMLC_ROLE={role}" in line
+        assert "DMLC_PS_ROOT_URI=node-a" in line and "DMLC_PS_ROOT_PORT=9200" in line
+        assert "DMLC_NUM_WORKER=3" in line and "DMLC_NUM_SERVER=2" in line
+        assert "cd /srv/book" in line
+        assert ("python -m d2lbn train --kvstore dist_sync" in line) == (role == "worker")
+        assert ("import mxnet" in line) == (role != "worker")
+
+
+def test_read_hostfile_errors(tmp_path):
+    with pytest.raises(ValueError, match="cannot be read"):
+        L.read_hostfile(str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="names no host"):
+        L.read_hostfile(str(empty))
+
+
+def test_cli_hostfile_prints_commands_and_starts_nothing(tmp_path, capsys):
+    from d2lbn.__main__ import main
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a\nnode-b\n")
+    assert main(["launch", "-n", "2", "--hostfile", str(hostfile), "--", "python", "train.py"]) == 0
+    out = capsys.readouterr().out
+    ssh = [line for line in out.splitlines() if line.startswith("ssh ")]
+    assert len(ssh) == 4 and "python train.py" in ssh[-1] and out.rstrip().endswith("wait")
+    assert main(["launch", "-n", "0", "--", "python", "train.py"]) == 2
+    assert "--num-workers must be a positive integer" in capsys.readouterr().err
+
+
+# ---- processes -----------------------------------------------------------------------------------
+
+CLI = "import sys; from d2lbn.__main__ import main; sys.exit(main(sys.argv[1:]))"
+# A worker that says its pid and waits (the scheduler and the server wait for it meanwhile);
+# it does not import mxnet, which keeps these tests short.
+WAITING_WORKER = "import os, time; print('ready pid', os.getpid(), flush=True); time.sleep(120)"
+
+
+def _env(token: str = "") -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    for name in ("DMLC_ROLE", "DMLC_PS_ROOT_URI", "DMLC_PS_ROOT_PORT", "DMLC_NUM_WORKER", "DMLC_NUM_SERVER"):
+        env.pop(name, None)
+    if token:
+        env["D2LBN_TEST_TOKEN"] = token
+    return env
+
+
+def _processes_with(token: str) -> list:
+    """Pids of live processes whose environment holds D2LBN_TEST_TOKEN=token."""
+    found = []
+    needle = f"D2LBN_TEST_TOKEN={token}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat") as s:
+                        if s.read().split(")")[-1].split()[0] != "Z":      # zombies are gone already
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _assert_none_left(token: str, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while _processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_with(token) == [], "processes of the job were left behind"
+
+
+class _Launcher:
+    """``python -m d2lbn launch ...`` as a subprocess; its stdout read line by line in a thread."""
+
+    def __init__(self, args, token):
+        self.proc = subprocess.Popen([sys.executable, "-c", CLI, "launch", *args], cwd=ROOT,
+                                     env=_env(token), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines, self.token = [], token
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, predicate, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = [line for line in list(self.lines) if predicate(line)]
+            if hits:
+                return hits
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"timed out; launcher output so far: {self.lines}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in _processes_with(self.token):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_two_waiting_workers():
+    token = uuid.uuid4().hex
+    job = _Launcher(["-n", "2", "--", sys.executable, "-c", WAITING_WORKER], token)
+    ready = job.wait_for(lambda line: "ready pid" in line, timeout=90)
+    while len(ready) < 2:
+        ready = job.wait_for(lambda line: "ready pid" in line, timeout=30) if len(ready) < 2 else ready
+        if len(ready) < 2:
+            time.sleep(0.2)
+    return job, ready
+
+
+def test_a_killed_worker_stops_the_job_within_10_s():
+    job, ready = _start_two_waiting_workers()
+    try:
+        assert {line.split("]")[0] for line in ready} == {"[worker 0", "[worker 1"}
+        pid = int(next(line for line in ready if line.startswith("[worker 1]")).split()[-1])
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        job.proc.wait(timeout=15)
+        elapsed = time.monotonic() - start
+        stderr = job.proc.stderr.read()
+        assert elapsed < 10, f"the launcher took {elapsed:.1f} s to notice"
+        assert job.proc.returncode != 0
+        assert f"worker 1 (pid {pid}) was killed by SIGKILL" in stderr, stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
+        _assert_none_left(job.token)
+    finally:
+        job.stop()
+
+
+def test_sigint_to_the_launcher_stops_every_process():
+    job, _ = _start_two_waiting_workers()
+    try:
+        job.proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        job.proc.wait(timeout=15)
+        assert time.monotonic() - start < 10
+        stderr = job.proc.stderr.read()
+        assert job.proc.returncode == 128 + signal.SIGINT
+        assert "interrupted by SIGINT" in stderr and "stopped 4 running processes" in stderr, stderr
+        _assert_none_left(job.token)
+    finally:
+        job.stop()
+
+
+def test_a_command_that_fails_at_once_reports_the_workers_error():
+    token = uuid.uuid4().hex
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "d2lbn", "launch", "-n", "2", "--", sys.executable,
+                          "-m", "d2lbn", "train", "--kvstore", "dist_sync", "--epochs", "0"],
+                         capture_output=True, text=True, timeout=90, cwd=ROOT, env=_env(token))
+    assert time.monotonic() - start < 60
+    assert run.returncode == 2                                   # the worker's exit status
+    assert "] python -m d2lbn train: error: argument --epochs: must be a positive integer" in run.stdout
+    assert run.stderr.startswith("launch: worker ") and "exited with status 2" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+    _assert_none_left(token)
+
+
+def test_a_command_that_does_not_exist_is_one_line(capsys):
+    from d2lbn.__main__ import main
+    assert main(["launch", "-n", "1", "--", "/nonexistent/python", "train.py"]) == 127
+    err = capsys.readouterr().err
+    assert err.startswith("launch: cannot start worker 0 (/nonexistent/python train.py)") and "No such file" in err
