@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mxnet as mx
@@ -25,13 +25,16 @@ from mxnet.gluon import nn
 
 from .checks import check_int
 from .norm import BatchNorm, LayerNorm
-from .train import evaluate_accuracy
+from .train import History, Settings, evaluate_accuracy, lenet_settings, quick_mode
 from .repro import set_seed
 
 __all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statistics",
            "IMPL", "accuracy", "train_mode_accuracy", "Figure1Result", "figure1_run", "steps_to_accuracy",
            "percentile_drift", "lenet_with_norm", "RunResult", "short_run", "sweep", "failures",
-           "BatchSizeResult", "settle_moving_statistics", "batch_size_run", "batch_mean_noise"]
+           "BatchSizeResult", "settle_moving_statistics", "batch_size_run", "batch_mean_noise",
+           "study_seeds", "lenet_study_settings", "train_seeds", "seed_summary", "seed_table",
+           "moving_statistics", "set_moving_statistics", "precise_statistics",
+           "relative_updates"]
 
 
 #: The batch-norm implementation the experiments use: the formula as written (``d2lbn.norm.batch_norm``),
@@ -118,8 +121,9 @@ accuracy = evaluate_accuracy
 
 
 def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
-    """Fraction of correct predictions over ``loader`` in *training* mode: each batch is normalised
-    with its own statistics, as during training. The moving statistics are left unchanged."""
+    """Fraction of correct predictions over ``loader`` in *training* mode: each batch is
+    normalised with its own statistics, as during training. The moving statistics are
+    left unchanged."""
     with frozen_moving_statistics(net), autograd.train_mode():
         return accuracy(net, loader, ctx)
 
@@ -127,16 +131,17 @@ def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
 # ---- 1. Figure 1 of the paper --------------------------------------------------------------------------
 
 class SigmoidMLP(nn.Block):
-    """The net of Ioffe & Szegedy (2015), Figure 1: ``num_layers`` fully connected layers of ``hidden``
-    sigmoid units (batch norm before each sigmoid when ``batch_norm``), then 10 scores.
+    """The net of Ioffe & Szegedy (2015), Figure 1: ``num_layers`` fully connected
+    layers of ``hidden`` sigmoid units (batch norm before each sigmoid when
+    ``batch_norm``), then 10 scores.
 
-    X: (N, 784) -> (N, 10). Weights are drawn from N(0, ``sigma``^2) ("small random Gaussian
-    values"), biases start at 0. :meth:`sigmoid_inputs` returns the inputs of the last hidden
-    layer's sigmoids, (N, hidden).
+    X: (N, 784) -> (N, 10). Weights are drawn from N(0, ``sigma``^2) ("small random
+    Gaussian values"), biases start at 0. :meth:`sigmoid_inputs` returns the inputs of
+    the last hidden layer's sigmoids, (N, hidden).
     """
 
-    def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3, sigma: float = 0.1,
-                 **kwargs):
+    def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3,
+                 sigma: float = 0.1, **kwargs):
         super().__init__(**kwargs)
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0; got {sigma!r}")
@@ -168,8 +173,9 @@ class SigmoidMLP(nn.Block):
         return self.output(self._hidden(X)[1])
 
     def sigmoid_inputs(self, X: nd.NDArray) -> nd.NDArray:
-        """Inputs of the last hidden layer's sigmoids as during training (batch statistics of X when
-        the net has batch norm), without changing the moving statistics. X: (N, 784) -> (N, hidden)."""
+        """Inputs of the last hidden layer's sigmoids as during training (batch
+        statistics of X when the net has batch norm), without changing the moving
+        statistics. X: (N, 784) -> (N, hidden)."""
         with frozen_moving_statistics(self), autograd.train_mode():
             return self._hidden(X)[0]
 
@@ -242,8 +248,9 @@ def steps_to_accuracy(result: Figure1Result, target: float) -> Optional[int]:
 
 
 def percentile_drift(result: Figure1Result, start_step: int = 0) -> float:
-    """How far the sigmoid inputs' percentiles move during training: for every unit and each of the
-    three percentiles, max - min over the measurements from ``start_step`` on, averaged over both."""
+    """How far the sigmoid inputs' percentiles move during training: for every unit and
+    each of the three percentiles, max - min over the measurements from ``start_step``
+    on, averaged over both."""
     keep = np.asarray(result.steps) >= start_step
     p = result.percentiles[keep]                       # (T, 3, hidden)
     return float((p.max(axis=0) - p.min(axis=0)).mean())
@@ -274,6 +281,7 @@ class RunResult:
     test_acc: List[float]
     loss: List[float]
     diverged: bool
+    seed: Optional[int] = None
 
     @property
     def final_acc(self) -> float:
@@ -281,23 +289,28 @@ class RunResult:
         return 0.1 if self.diverged or not self.test_acc else self.test_acc[-1]
 
 
-def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1, batch_size: int = 64,
-              sigma: Optional[float] = None, seed: int = 0, ctx: mx.Context = mx.cpu()) -> RunResult:
-    """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y, test_X,
-    test_y)`` with ``d2lbn.train.train`` (SGD). Weights from N(0, sigma^2) when ``sigma`` is given,
-    Xavier otherwise. A NaN/inf loss ends the run with ``diverged=True``."""
+def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1,
+              batch_size: int = 64, sigma: Optional[float] = None, seed: int = 0,
+              ctx: mx.Context = mx.cpu()) -> RunResult:
+    """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y,
+    test_X, test_y)`` with ``d2lbn.train.train`` (SGD). Weights from N(0, sigma^2) when
+    ``sigma`` is given, Xavier otherwise. A NaN/inf loss ends the run with
+    ``diverged=True``."""
     from .train import NonFiniteLossError, train
     train_X, train_y, test_X, test_y = data
     net = lenet_with_norm(norm)
     initializer = mx_init.Normal(sigma) if sigma is not None else None
     try:
         history = train(net, ArrayLoader(train_X, train_y, batch_size, shuffle=True),
-                        ArrayLoader(test_X, test_y, 500), num_epochs, lr, ctx, seed=seed,
-                        init=initializer, progress=False, plot=False, log=lambda line: None)
+                        ArrayLoader(test_X, test_y, 500), num_epochs, lr, ctx,
+                        seed=seed, init=initializer, progress=False, plot=False,
+                        log=lambda line: None)
     except NonFiniteLossError as error:
-        return RunResult(norm, lr, sigma, list(error.history.test_acc), list(error.history.loss), True)
+        return RunResult(norm, lr, sigma, list(error.history.test_acc),
+                         list(error.history.loss), True, seed)
     loss = list(history.loss)
-    return RunResult(norm, lr, sigma, list(history.test_acc), loss, not all(map(math.isfinite, loss)))
+    return RunResult(norm, lr, sigma, list(history.test_acc), loss,
+                     not all(map(math.isfinite, loss)), seed)
 
 
 def sweep(norms: Sequence[Optional[str]], lrs: Sequence[float], data, sigmas: Sequence[Optional[float]] = (None,),
@@ -316,25 +329,44 @@ def failures(results: Sequence[RunResult], below: float = 0.5) -> List[RunResult
 
 @dataclass
 class BatchSizeResult:
-    """One net trained at one batch size: test accuracy in inference mode (moving statistics) and in
-    training mode (each test batch, of the same size, normalised with its own statistics)."""
+    """One net trained at one batch size, and its test accuracy measured three ways.
+
+    ``steps``: the SGD steps taken (every batch size sees the same number of examples, so smaller
+    batches take more steps); ``train_loss``/``train_acc``: loss and accuracy over the last training
+    epoch; ``moving_acc``: inference mode with the moving averages as training left them;
+    ``precise_acc``: inference mode with precise statistics (:func:`precise_statistics`);
+    ``train_mode_acc``: training mode, each test batch (of the training batch size) normalised with
+    its own statistics. ``var_ratio``: for each batch-norm layer, the moving variance divided by the
+    precise variance, averaged over the channels (empty for layer norm)."""
     norm: str
     batch_size: int
     lr: float
-    inference_acc: float
+    steps: int
+    train_loss: float
+    train_acc: float
+    moving_acc: float
+    precise_acc: float
     train_mode_acc: float
+    var_ratio: List[float] = field(default_factory=list)
+
+    @property
+    def inference_acc(self) -> float:
+        """Inference-mode accuracy with the precise statistics."""
+        return self.precise_acc
 
     @property
     def gap(self) -> float:
-        """inference-mode accuracy minus training-mode accuracy."""
-        return self.inference_acc - self.train_mode_acc
+        """inference-mode (precise) accuracy minus training-mode accuracy."""
+        return self.precise_acc - self.train_mode_acc
 
 
 def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context) -> None:
     """Let the moving statistics catch up with the current weights: ``num_batches`` training-mode
     forward passes over ``loader``'s batches, no weight update. With momentum 0.9, after 50 batches
     the statistics from before weigh 0.9**50 < 0.01. (For layers that update their moving
-    statistics in the forward pass, as ``d2lbn.norm.BatchNorm`` does.)"""
+    statistics in the forward pass, as ``d2lbn.norm.BatchNorm`` does.) This is itself a moving
+    average, dominated by the last few dozen batches; :func:`precise_statistics` is the
+    equal-weight alternative."""
     done = 0
     with autograd.train_mode():
         while done < num_batches:
@@ -346,32 +378,239 @@ def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx
 
 
 def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per_64: float = 0.1,
-                   settle_batches: int = 50, seed: int = 0, ctx: mx.Context = mx.cpu()) -> BatchSizeResult:
-    """Train ``lenet_with_norm(norm)`` with batches of ``batch_size`` for ``num_epochs`` (SGD with the
-    linear scaling rule, ``lr = lr_per_64 * batch_size / 64``), let the moving statistics settle on
-    ``settle_batches`` training batches (:func:`settle_moving_statistics`), and measure both
-    accuracies on the test arrays with the same batch size."""
+                   precise_batches: Optional[int] = None, seed: int = 0,
+                   ctx: mx.Context = mx.cpu()) -> BatchSizeResult:
+    """Train ``lenet_with_norm(norm)`` with batches of ``batch_size`` for ``num_epochs`` over
+    ``data = (train_X, train_y, test_X, test_y)`` (SGD with the linear scaling rule,
+    ``lr = lr_per_64 * batch_size / 64``; every batch size sees the same examples, in
+    ``num_epochs * ceil(n / batch_size)`` steps), and measure the test accuracy with test batches of
+    the same size: in inference mode with the moving averages, in inference mode with precise
+    statistics over ``precise_batches`` training batches (default: one pass over the training
+    arrays), and in training mode. For layer norm all three coincide by construction."""
     from .train import train
     train_X, train_y, test_X, test_y = data
     lr = lr_per_64 * batch_size / 64
     net = lenet_with_norm(norm)
     train_loader = ArrayLoader(train_X, train_y, batch_size, shuffle=True)
-    train(net, train_loader, ArrayLoader(test_X, test_y, 1000),
-          num_epochs, lr, ctx, seed=seed, progress=False, plot=False, log=lambda line: None)
-    if settle_batches:
-        settle_moving_statistics(net, train_loader, settle_batches, ctx)
+    history = train(net, train_loader, ArrayLoader(test_X, test_y, 1000), num_epochs, lr, ctx,
+                    seed=seed, progress=False, plot=False, log=lambda line: None)
     test_loader = ArrayLoader(test_X, test_y, batch_size)
-    return BatchSizeResult(norm, batch_size, lr, accuracy(net, test_loader, ctx),
-                           train_mode_accuracy(net, test_loader, ctx))
+    moving_acc = accuracy(net, test_loader, ctx)
+    ratios: List[float] = []
+    if _norm_layers(net):
+        moving = moving_statistics(net)
+        precise = precise_statistics(net, train_loader, precise_batches or len(train_loader), ctx)
+        ratios = [float((m[1] / p[1]).mean()) for m, p in zip(moving, precise)]
+        set_moving_statistics(net, precise)
+    return BatchSizeResult(norm, batch_size, lr, num_epochs * len(train_loader),
+                           history.loss[-1], history.train_acc[-1], moving_acc,
+                           accuracy(net, test_loader, ctx),
+                           train_mode_accuracy(net, test_loader, ctx), ratios)
 
 
-def batch_mean_noise(X: nd.NDArray, batch_size: int, num_batches: int = 200) -> Tuple[float, float]:
-    """How much a batch's mean wanders: for X: (n, D), draw ``num_batches`` batches of ``batch_size``
-    rows at random (NumPy's global generator) and return (the standard deviation of the batch mean,
-    averaged over the D features; the prediction sqrt(var / batch_size) averaged likewise)."""
+def batch_mean_noise(X: nd.NDArray, batch_size: int,
+                     num_batches: int = 200) -> Tuple[float, float]:
+    """How much a batch's mean wanders: for X: (n, D), draw ``num_batches`` batches of
+    ``batch_size`` rows at random (NumPy's global generator) and return (the standard
+    deviation of the batch mean, averaged over the D features; the prediction sqrt(var /
+    batch_size) averaged likewise)."""
     if X.ndim != 2:
         raise ValueError(f"X must be (n, D); got shape {X.shape}")
     values = X.asnumpy().astype(np.float64)
     means = np.stack([values[np.random.randint(0, len(values), batch_size)].mean(axis=0)
                       for _ in range(num_batches)])
-    return float(means.std(axis=0).mean()), float(np.sqrt(values.var(axis=0) / batch_size).mean())
+    predicted = np.sqrt(values.var(axis=0) / batch_size)
+    return float(means.std(axis=0).mean()), float(predicted.mean())
+
+
+# ---- 4. precise statistics (Wu & Johnson, 2021) ----------------------------------------------------
+
+def _norm_layers(net: gluon.Block) -> List[gluon.Block]:
+    """The layers of ``net`` that keep moving statistics in their forward pass (``d2lbn.norm.BatchNorm``),
+    in the order of ``net.collect_params()``."""
+    layers, seen = [], set()
+    stack = [net]
+    while stack:
+        block = stack.pop(0)
+        if isinstance(block, BatchNorm) and id(block) not in seen:
+            layers.append(block)
+            seen.add(id(block))
+        stack.extend(block._children.values())
+    return layers
+
+
+def moving_statistics(net: gluon.Block) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``(moving_mean, moving_var)`` of every ``d2lbn.norm.BatchNorm`` layer of ``net``, as float64
+    NumPy arrays of shape (C,), in the order of the layers."""
+    return [(layer.moving_mean.data().asnumpy().astype(np.float64),
+             layer.moving_var.data().asnumpy().astype(np.float64)) for layer in _norm_layers(net)]
+
+
+def set_moving_statistics(net: gluon.Block, stats: Sequence[Tuple[np.ndarray, np.ndarray]]) -> None:
+    """Store ``stats`` (as returned by :func:`moving_statistics`) as the moving statistics of
+    ``net``'s batch-norm layers, on every context the layers live on."""
+    layers = _norm_layers(net)
+    if len(stats) != len(layers):
+        raise ValueError(f"stats must hold one (mean, var) pair per batch-norm layer ({len(layers)}); "
+                         f"got {len(stats)}")
+    for layer, (mean, var) in zip(layers, stats):
+        for param, value in ((layer.moving_mean, mean), (layer.moving_var, var)):
+            if np.shape(value) != param.shape:
+                raise ValueError(f"stats for {layer.name} must have shape {param.shape}; "
+                                 f"got {np.shape(value)}")
+            param.set_data(nd.array(value, dtype="float32"))
+
+
+def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context
+                       ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Precise batch norm (Wu & Johnson, 2021): population statistics of every
+    batch-norm layer as the *equal-weight* average over ``num_batches`` training batches
+    of ``loader`` (passing over it again if it has fewer), with the weights fixed and
+    every layer in training mode:
+
+    ``mean = E[mu_B]``, ``var = E[sigma2_B + mu_B**2] - mean**2``,
+
+    where mu_B and sigma2_B (biased) are a batch's statistics at the layer's input. For
+    batches of equal size this is the mean and biased variance of all their values
+    pooled. Returns one ``(mean, var)`` pair of float64 arrays (C,) per layer (as
+    :func:`moving_statistics`); the net, its moving statistics included, is left
+    unchanged (store the result with :func:`set_moving_statistics`). Works for
+    ``d2lbn.norm.BatchNorm`` layers (statistics read with momentum set to 0 for each
+    batch)."""
+    if isinstance(num_batches, bool) or not isinstance(num_batches, int) \
+            or num_batches <= 0:
+        raise ValueError(f"num_batches must be a positive int; got {num_batches!r}")
+    layers = _norm_layers(net)
+    if not layers:
+        raise ValueError("net has no d2lbn.norm.BatchNorm layer to take statistics of")
+    sums = [[0.0, 0.0] for _ in layers]
+    momenta = [layer.momentum for layer in layers]
+    done = 0
+    try:
+        for layer in layers:
+            layer.momentum = 0.0          # the moving statistics become the batch's own
+        with frozen_moving_statistics(net), autograd.train_mode():
+            while done < num_batches:
+                for X, _ in loader:
+                    net(X.as_in_context(ctx))
+                    for acc, (mean, var) in zip(sums, moving_statistics(net)):
+                        acc[0] = acc[0] + mean
+                        acc[1] = acc[1] + var + mean ** 2
+                    done += 1
+                    if done == num_batches:
+                        break
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    stats = []
+    for first, second in sums:
+        mean = first / done
+        stats.append((mean, np.maximum(second / done - mean ** 2, 0.0)))
+    return stats
+
+
+# ---- 5. the effective learning rate of a layer followed by batch norm -------------------------------
+
+def relative_updates(net: gluon.Block, X: nd.NDArray, y: nd.NDArray,
+                     lr: float) -> List[float]:
+    """How much one plain SGD step of size ``lr`` on the batch ``(X, y)`` would change
+    each weight tensor of ``net`` relative to its size: ``lr * ||grad W|| / ||W||`` for
+    every parameter whose name ends in ``weight``, in the order of
+    ``net.collect_params()``. The net is not changed.
+
+    For a layer followed by batch norm, scaling W by a scales ||W|| by a and its
+    gradient by 1/a (Eq. 'eq-bn-scale-invariance'), so this ratio falls as 1/a**2: the
+    init scale acts as a per-layer learning rate. X: (N, ...) on the net's context, y:
+    (N,) labels."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0; got {lr!r}")
+    params = [p for name, p in net.collect_params().items() if name.endswith("weight")]
+    if not params:
+        raise ValueError("net has no parameter whose name ends in 'weight'")
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    with frozen_moving_statistics(net):
+        with autograd.record():
+            loss = loss_fn(net(X), y).mean()
+        loss.backward()
+    out = []
+    for p in params:
+        w = p.data().asnumpy().astype(np.float64)
+        g = p.grad().asnumpy().astype(np.float64)
+        out.append(float(lr * np.linalg.norm(g) / np.linalg.norm(w)))
+    return out
+
+
+# ---- 6. seeds: every comparison over several, with its spread -------------------------------------
+
+def study_seeds(quick: Optional[bool] = None) -> Tuple[int, ...]:
+    """The seeds a comparison runs over: (0, 1, 2) in the full run, (0,) with ``D2LBN_QUICK=1``
+    (``quick=None`` reads the environment, see ``d2lbn.train.quick_mode``)."""
+    if quick is None:
+        quick = quick_mode()
+    return (0,) if quick else (0, 1, 2)
+
+
+def lenet_study_settings(quick: Optional[bool] = None) -> Settings:
+    """The LeNet comparison of the LeNet and Gluon chapters, run once per seed of
+    :func:`study_seeds`.
+
+    Quick: ``d2lbn.train.lenet_settings(quick=True)`` unchanged (2 epochs, 10,000
+    training images). Full: the recipe of ``lenet_settings()`` (all 60,000 training
+    images, batch 128, SGD with momentum 0.9, learning rate 0.05 along a half cosine to
+    0) for 3 epochs instead of 10, so that three seeds of two nets fit in the time of
+    two ten-epoch runs; the final test accuracy must reach 0.88 (batch-norm LeNet, every
+    seed)."""
+    import dataclasses
+    if quick is None:
+        quick = quick_mode()
+    if quick:
+        return lenet_settings(quick=True)
+    return dataclasses.replace(lenet_settings(quick=False), num_epochs=3,
+                               min_test_acc=0.88)
+
+
+def train_seeds(make_net, seeds: Sequence[int], settings: Settings, train_iter, test_iter,
+                ctx: mx.Context, log=print) -> List[History]:
+    """Train a fresh ``make_net()`` once per seed with ``settings`` (``d2lbn.train.train``: the seed
+    fixes the initial weights and the order of the batches); return the histories in seed order.
+    One line per seed goes to ``log``; no seeds, no runs."""
+    from .train import train
+    histories = []
+    for seed in seeds:
+        history = train(make_net(), train_iter, test_iter, settings.num_epochs, settings.lr, ctx,
+                        seed=seed, momentum=settings.momentum, lr_schedule=settings.lr_schedule,
+                        progress=False, plot=False, log=lambda line: None)
+        histories.append(history)
+        log(f"seed {seed}: test accuracy " + " ".join(f"{a:.4f}" for a in history.test_acc)
+            + f" ({sum(history.seconds):.0f} s)")
+    return histories
+
+
+def seed_summary(values: Sequence[float]) -> Dict[str, float]:
+    """``{'mean', 'std', 'min', 'max'}`` of one measurement over seeds (population std, 0 for one
+    seed). Refuses an empty sequence and non-finite values."""
+    v = np.asarray(list(values), dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"values must be a non-empty 1-D sequence; got shape {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"values must be finite; got {v.tolist()}")
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
+
+
+def seed_table(columns: Dict[str, Sequence[float]], seeds: Sequence[int], fmt: str = ".4f") -> str:
+    """A text table with one row per seed and one column per measurement, then the mean, std, min
+    and max of every column over the seeds (:func:`seed_summary`)."""
+    if not columns:
+        raise ValueError("columns must name at least one measurement")
+    for name, values in columns.items():
+        if len(values) != len(seeds):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(seeds)} seeds")
+    width = max(10, *(len(name) for name in columns))
+    lines = [f"{'seed':>6} " + " ".join(f"{name:>{width}}" for name in columns)]
+    for i, seed in enumerate(seeds):
+        lines.append(f"{seed:>6} " + " ".join(f"{values[i]:>{width}{fmt}}"
+                                              for values in columns.values()))
+    summaries = [seed_summary(values) for values in columns.values()]
+    for stat in ("mean", "std", "min", "max"):
+        lines.append(f"{stat:>6} " + " ".join(f"{s[stat]:>{width}{fmt}}" for s in summaries))
+    return "\n".join(lines)

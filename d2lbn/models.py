@@ -68,11 +68,14 @@ def _scratch_batch_norm(impl=None) -> Callable[[int, int], gluon.Block]:
 
 
 def _gluon_batch_norm(num_features: int, num_dims: int) -> gluon.Block:
-    return nn.BatchNorm()   # infers num_features; normalises over axis 1 (channels/features)
+    # infers num_features; normalises over axis 1 (channels or features)
+    return nn.BatchNorm()
 
 
-def _build(norm: Optional[Callable[[int, int], gluon.Block]], activation: str) -> gluon.Block:
-    """LeNet with ``norm(num_features, num_dims)`` after every conv/dense layer but the last."""
+def _build(norm: Optional[Callable[[int, int], gluon.Block]],
+           activation: str) -> gluon.Block:
+    """LeNet with ``norm(num_features, num_dims)`` after every conv/dense layer but
+    the last."""
     _check_activation(activation)
     hybrid = norm is None or norm is _gluon_batch_norm
     net = nn.HybridSequential() if hybrid else nn.Sequential()
@@ -87,7 +90,8 @@ def _build(norm: Optional[Callable[[int, int], gluon.Block]], activation: str) -
         block(nn.Conv2D(channels, kernel_size=5), channels, 4)
         net.add(nn.MaxPool2D(pool_size=2, strides=2))
     for units in DENSE_UNITS:
-        block(nn.Dense(units), units, 2)          # the first Dense flattens (N, 16, 4, 4) to (N, 256)
+        # the first Dense flattens (N, 16, 4, 4) to (N, 256)
+        block(nn.Dense(units), units, 2)
     net.add(nn.Dense(NUM_CLASSES))
     return net
 

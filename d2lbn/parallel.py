@@ -50,26 +50,31 @@ def _check_contexts(ctxs: Sequence[mx.Context]) -> List[mx.Context]:
 
 def split_batch(X: nd.NDArray, y: nd.NDArray, ctxs: Sequence[mx.Context]
                 ) -> Tuple[List[nd.NDArray], List[nd.NDArray]]:
-    """Split X: (N, ...) and y: (N,) into ``len(ctxs)`` equal consecutive slices, slice k on ctxs[k].
+    """Split X: (N, ...) and y: (N,) into ``len(ctxs)`` equal consecutive slices, slice
+    k on ctxs[k].
 
-    N must be divisible by the number of contexts (unequal slices would weigh examples unequally).
+    N must be divisible by the number of contexts (unequal slices would weigh examples
+    unequally).
     """
     ctxs = _check_contexts(ctxs)
     if X.shape[0] != y.shape[0]:
-        raise ValueError(f"X and y must have as many rows; got {X.shape[0]} and {y.shape[0]}")
+        raise ValueError(f"X and y must have as many rows; "
+                         f"got {X.shape[0]} and {y.shape[0]}")
     if X.shape[0] % len(ctxs):
-        raise ValueError(f"the batch size ({X.shape[0]}) must be divisible by the number of "
-                         f"contexts ({len(ctxs)})")
+        raise ValueError(f"the batch size ({X.shape[0]}) must be divisible by the "
+                         f"number of contexts ({len(ctxs)})")
     return (gluon.utils.split_and_load(X, ctxs, even_split=True),
             gluon.utils.split_and_load(y, ctxs, even_split=True))
 
 
 def all_reduce_sum(arrays: Sequence[nd.NDArray]) -> List[nd.NDArray]:
-    """All-reduce: given one array per device (same shape), return their sum on every device.
+    """All-reduce: given one array per device (same shape), return their sum on every
+    device.
 
-    Done the simplest way: copy everything to the first device, add, copy the total back. The copies
-    are recorded by autograd, so gradients flow back to every device. (NCCL, Horovod and MXNet's
-    kvstore use a ring or tree instead, which sends less data through any one link.)
+    Done the simplest way: copy everything to the first device, add, copy the total
+    back. The copies are recorded by autograd, so gradients flow back to every device.
+    (NCCL, Horovod and MXNet's kvstore use a ring or tree instead, which sends less data
+    through any one link.)
     """
     arrays = list(arrays)
     if not arrays:
@@ -84,47 +89,55 @@ def all_reduce_sum(arrays: Sequence[nd.NDArray]) -> List[nd.NDArray]:
     return [total.as_in_context(a.context) for a in arrays]
 
 
-def sync_moments(Xs: Sequence[nd.NDArray]) -> Tuple[List[nd.NDArray], List[nd.NDArray]]:
+def sync_moments(Xs: Sequence[nd.NDArray]
+                 ) -> Tuple[List[nd.NDArray], List[nd.NDArray]]:
     """The mean and biased variance of the *whole* batch, one copy per device.
 
-    Xs: per-device slices, each (N_k, D) or (N_k, C, H, W). Returns ``(means, variances)``, lists of
-    (1, D) or (1, C, 1, 1) arrays, entry k on Xs[k]'s context. Two all-reduces of per-feature sums:
-    first the sum of X (with the count) for the mean, then the sum of squared deviations from that
-    mean for the variance -- the same numbers a single device would compute on the whole batch.
+    Xs: per-device slices, each (N_k, D) or (N_k, C, H, W). Returns ``(means,
+    variances)``, lists of (1, D) or (1, C, 1, 1) arrays, entry k on Xs[k]'s context.
+    Two all-reduces of per-feature sums: first the sum of X (with the count) for the
+    mean, then the sum of squared deviations from that mean for the variance -- the same
+    numbers a single device would compute on the whole batch.
     """
     Xs = list(Xs)
     if not Xs:
         raise ValueError("Xs must hold at least one slice")
     axes = (0,) if Xs[0].ndim == 2 else (0, 2, 3)
     if any(X.ndim != Xs[0].ndim or X.shape[1:] != Xs[0].shape[1:] for X in Xs):
-        raise ValueError(f"all slices must agree except in the batch axis; got {[X.shape for X in Xs]}")
-    count = sum(X.size // X.shape[1] for X in Xs)        # values per feature/channel, all devices
+        raise ValueError(f"all slices must agree except in the batch axis; "
+                         f"got {[X.shape for X in Xs]}")
+    count = sum(X.size // X.shape[1] for X in Xs)   # values per channel, all devices
     sums = all_reduce_sum([X.sum(axis=axes, keepdims=True) for X in Xs])
     means = [s / count for s in sums]
-    squares = all_reduce_sum([((X - mean) ** 2).sum(axis=axes, keepdims=True) for X, mean in zip(Xs, means)])
+    squares = all_reduce_sum([((X - mean) ** 2).sum(axis=axes, keepdims=True)
+                              for X, mean in zip(Xs, means)])
     return means, [q / count for q in squares]
 
 
-def sync_batch_norm(Xs: Sequence[nd.NDArray], gammas: Sequence[nd.NDArray], betas: Sequence[nd.NDArray],
-                    moving_means: Sequence[nd.NDArray], moving_vars: Sequence[nd.NDArray], *,
-                    training: bool, eps: float = 1e-5, momentum: float = 0.9
+def sync_batch_norm(Xs: Sequence[nd.NDArray], gammas: Sequence[nd.NDArray],
+                    betas: Sequence[nd.NDArray], moving_means: Sequence[nd.NDArray],
+                    moving_vars: Sequence[nd.NDArray], *, training: bool,
+                    eps: float = 1e-5, momentum: float = 0.9
                     ) -> Tuple[List[nd.NDArray], List[nd.NDArray], List[nd.NDArray]]:
     """``d2lbn.norm.batch_norm`` over per-device slices with synchronised statistics.
 
-    Every argument is a list with one entry per device: Xs[k]: (N_k, D) or (N_k, C, H, W), the others
-    (D,) or (C,), all on Xs[k]'s context. Returns ``(Ys, new_moving_means, new_moving_vars)``, lists
-    likewise. In training mode the slices are normalised with the whole batch's mean and biased
-    variance (:func:`sync_moments`), so ``concat(Ys)`` equals ``batch_norm(concat(Xs))`` and so do the
-    gradients (autograd differentiates through the all-reduce); the moving statistics, updated with
-    the same numbers everywhere, stay equal on all devices. In inference mode each slice uses its
-    device's moving statistics and nothing is communicated.
+    Every argument is a list with one entry per device: Xs[k]: (N_k, D) or (N_k, C, H,
+    W), the others (D,) or (C,), all on Xs[k]'s context. Returns ``(Ys,
+    new_moving_means, new_moving_vars)``, lists likewise. In training mode the slices
+    are normalised with the whole batch's mean and biased variance
+    (:func:`sync_moments`), so ``concat(Ys)`` equals ``batch_norm(concat(Xs))`` and so
+    do the gradients (autograd differentiates through the all-reduce); the moving
+    statistics, updated with the same numbers everywhere, stay equal on all devices. In
+    inference mode each slice uses its device's moving statistics and nothing is
+    communicated.
     """
     Xs = list(Xs)
     n = len(Xs)
-    for name, values in (("gammas", gammas), ("betas", betas), ("moving_means", moving_means),
-                         ("moving_vars", moving_vars)):
+    for name, values in (("gammas", gammas), ("betas", betas),
+                         ("moving_means", moving_means), ("moving_vars", moving_vars)):
         if len(values) != n:
-            raise ValueError(f"{name} must hold one array per slice ({n}); got {len(values)}")
+            raise ValueError(f"{name} must hold one array per slice ({n}); "
+                             f"got {len(values)}")
     for k in range(n):
         check_norm_inputs(Xs[k], eps, gamma=gammas[k], beta=betas[k],
                           moving_mean=moving_means[k], moving_var=moving_vars[k])
@@ -134,19 +147,21 @@ def sync_batch_norm(Xs: Sequence[nd.NDArray], gammas: Sequence[nd.NDArray], beta
     if training:
         count = sum(X.size // X.shape[1] for X in Xs)
         if count == 1:
-            raise ValueError("training-mode batch norm needs more than one value per feature/channel "
-                             "over all devices together")
+            raise ValueError("training-mode batch norm needs more than one value per "
+                             "feature/channel over all devices together")
         means, variances = sync_moments(Xs)
     else:
         means = [m.reshape(shape) for m in moving_means]
         variances = [v.reshape(shape) for v in moving_vars]
-    Ys = [gammas[k].reshape(shape) * (Xs[k] - means[k]) / nd.sqrt(variances[k] + eps) + betas[k].reshape(shape)
-          for k in range(n)]
+    Ys = [gammas[k].reshape(shape) * (Xs[k] - means[k]) / nd.sqrt(variances[k] + eps)
+          + betas[k].reshape(shape) for k in range(n)]
     if not training:
-        return Ys, [m.detach() for m in moving_means], [v.detach() for v in moving_vars]
-    new_means = [momentum * moving_means[k].detach() + (1 - momentum) * means[k].detach().reshape((-1,))
-                 for k in range(n)]
-    new_vars = [momentum * moving_vars[k].detach() + (1 - momentum) * variances[k].detach().reshape((-1,))
+        return (Ys, [m.detach() for m in moving_means],
+                [v.detach() for v in moving_vars])
+    new_means = [momentum * moving_means[k].detach()
+                 + (1 - momentum) * means[k].detach().reshape((-1,)) for k in range(n)]
+    new_vars = [momentum * moving_vars[k].detach()
+                + (1 - momentum) * variances[k].detach().reshape((-1,))
                 for k in range(n)]
     return Ys, new_means, new_vars
 
@@ -220,7 +235,10 @@ class ListSequential(nn.Block):
         single = isinstance(Xs, nd.NDArray)
         Xs = [Xs] if single else list(Xs)
         for layer in self._layers:
-            Xs = layer(Xs) if getattr(layer, "takes_list", False) else [layer(X) for X in Xs]
+            if getattr(layer, "takes_list", False):
+                Xs = layer(Xs)
+            else:
+                Xs = [layer(X) for X in Xs]
         return Xs[0] if single else Xs
 
     def __repr__(self) -> str:
@@ -309,30 +327,35 @@ def in_threads(work, n: int) -> list:
     return results
 
 
-def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer, loss_fn: gluon.loss.Loss,
-                       X: nd.NDArray, y: nd.NDArray, ctxs: Sequence[mx.Context]) -> float:
+def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer,
+                       loss_fn: gluon.loss.Loss, X: nd.NDArray, y: nd.NDArray,
+                       ctxs: Sequence[mx.Context]) -> float:
     """One SGD step of data-parallel training; returns the batch's mean loss.
 
-    X: (N, 1, 28, 28), y: (N,) with N divisible by ``len(ctxs)``. The batch is split over ``ctxs``,
-    each slice's loss is computed on its device (a :class:`ListSequential` sees all slices at once),
-    the backward passes run, and ``trainer.step(N)`` sums the gradients over the devices (MXNet's
-    kvstore) and applies the same update to every device's copy of the parameters.
+    X: (N, 1, 28, 28), y: (N,) with N divisible by ``len(ctxs)``. The batch is split
+    over ``ctxs``, each slice's loss is computed on its device (a
+    :class:`ListSequential` sees all slices at once), the backward passes run, and
+    ``trainer.step(N)`` sums the gradients over the devices (MXNet's kvstore) and
+    applies the same update to every device's copy of the parameters.
 
-    With ``gluon.contrib.nn.SyncBatchNorm`` each device runs its forward and backward pass in its own
-    thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator blocks until every device has
-    reached it, and one thread driving the devices in turn can wait forever (it does on this build
-    once two such layers sit in one net). Pending work is finished first (``nd.waitall()``): a
-    first step from a cold start hung without it.
+    With ``gluon.contrib.nn.SyncBatchNorm`` each device runs its forward and backward
+    pass in its own thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator
+    blocks until every device has reached it, and one thread driving the devices in turn
+    can wait forever (it does on this build once two such layers sit in one net).
+    Pending work is finished first (``nd.waitall()``): a first step from a cold start
+    hung without it.
     """
     Xs, ys = split_batch(X, y, ctxs)
     if _has_mxnet_sync(net):
         if any(p._deferred_init for p in net.collect_params().values()):
-            with autograd.predict_mode():          # infer the shapes; no synchronisation at inference
+            # infer the shapes; no synchronisation at inference
+            with autograd.predict_mode():
                 for Xk in Xs:
                     net(Xk)
-        # Let every queued operation finish first: if work pushed earlier (the shape inference
-        # above, parameter copies) is still pending when the threads push the synchronised forward
-        # passes, MXNet 1.9.1's barrier can wait forever (a cold start hung on its first step).
+        # Let every queued operation finish first: if work pushed earlier (the shape
+        # inference above, parameter copies) is still pending when the threads push the
+        # synchronised forward passes, MXNet 1.9.1's barrier can wait forever (a cold
+        # start hung on its first step).
         nd.waitall()
 
         def work(k: int) -> nd.NDArray:
@@ -343,7 +366,10 @@ def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer, loss_fn: gluon.
         losses = in_threads(work, len(Xs))
     else:
         with autograd.record():
-            scores = net(Xs) if isinstance(net, ListSequential) else [net(Xk) for Xk in Xs]
+            if isinstance(net, ListSequential):
+                scores = net(Xs)
+            else:
+                scores = [net(Xk) for Xk in Xs]
             losses = [loss_fn(s, yk) for s, yk in zip(scores, ys)]
         autograd.backward(losses)
     trainer.step(X.shape[0])

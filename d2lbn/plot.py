@@ -108,3 +108,18 @@ def plot_curves(curves, ylabel: str, xlabel: str = "epoch", ax=None, ylim=None, 
     ax.grid(True, alpha=0.3)
     ax.legend()
     return ax
+
+
+def plot_seeds(ax, x, runs, label: str, style: str = "o-", color=None):
+    """Plot the mean over seeds of ``runs`` (one sequence of values per seed, each as long as ``x``)
+    against ``x`` with a band from the smallest to the largest seed's value; return the mean line.
+
+    The band shows the spread: with one seed it has no width."""
+    values = np.asarray([list(r) for r in runs], dtype=float)
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] != len(x):
+        raise ValueError(f"runs must hold one sequence of {len(x)} values per seed; "
+                         f"got shape {values.shape}")
+    line, = ax.plot(x, values.mean(axis=0), style, label=label, color=color)
+    ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2,
+                    linewidth=0)
+    return line

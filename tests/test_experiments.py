@@ -122,7 +122,7 @@ def test_short_run_reports_divergence_and_failures():
     data = (X, y, X[:64], y[:64])
     blown = E.short_run(None, 1e4, data, sigma=10.0)           # huge weights, huge steps
     ok = E.short_run(None, 0.05, data)
-    assert blown.diverged and blown.final_acc == 0.1
+    assert blown.diverged and blown.final_acc == 0.1 and blown.seed == 0
     assert not ok.diverged and len(ok.test_acc) == 1
     assert E.failures([blown, ok], below=0.0) == [blown]
 
@@ -137,3 +137,140 @@ def test_settle_moving_statistics_reaches_the_current_statistics(rng):
     E.settle_moving_statistics(net, E.ArrayLoader(X, nd.zeros(640), 64), 50, mx.cpu())
     np.testing.assert_allclose(net[0].moving_mean.data().asnumpy(), X.asnumpy().mean(axis=0), rtol=0.01, atol=0.05)
     np.testing.assert_array_equal(net[0].gamma.data().asnumpy(), 1)
+
+
+# ---- precise statistics, relative updates, seeds (issue 11) ----------------------------------------
+
+def _dense_bn(rng, units=4, in_units=3):
+    net = gluon.nn.Sequential()
+    net.add(gluon.nn.Dense(units, in_units=in_units), d2lbn.norm.BatchNorm(units, 2, impl="naive"),
+            gluon.nn.Dense(3, in_units=units))
+    net.initialize(mx.init.Normal(1.0))
+    return net
+
+
+def test_precise_statistics_is_the_equal_weight_average_of_batch_statistics(rng):
+    """NumPy oracle in float64: per-batch mean and biased variance of the dense layer's output,
+    combined as E[mu], E[var + mu^2] - E[mu]^2; with 7 batches from a loader of 5 the pass wraps."""
+    net = _dense_bn(rng)
+    X = nd.array(rng.normal(2.0, 3.0, size=(40, 3)))
+    loader = E.ArrayLoader(X, nd.zeros(40), 8)
+    W = net[0].weight.data().asnumpy().astype(np.float64)
+    b = net[0].bias.data().asnumpy().astype(np.float64)
+    Z = X.asnumpy().astype(np.float64) @ W.T + b
+    batches = [Z[i * 8:(i + 1) * 8] for i in list(range(5)) + [0, 1]]
+    mu = np.stack([z.mean(axis=0) for z in batches])
+    var = np.stack([z.var(axis=0) for z in batches])
+    want_mean = mu.mean(axis=0)
+    want_var = (var + mu ** 2).mean(axis=0) - want_mean ** 2
+    before = E.moving_statistics(net)
+    (mean, v), = E.precise_statistics(net, loader, 7, mx.cpu())
+    np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v, want_var, rtol=1e-4, atol=1e-5)
+    # five equal batches, once each: the pooled mean and variance of all 40 rows
+    (mean5, v5), = E.precise_statistics(net, loader, 5, mx.cpu())
+    np.testing.assert_allclose(mean5, Z.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v5, Z.var(axis=0), rtol=1e-4, atol=1e-5)
+    # the net is unchanged: moving statistics and momentum
+    for (m0, v0), (m1, v1) in zip(before, E.moving_statistics(net)):
+        np.testing.assert_array_equal(m0, m1)
+        np.testing.assert_array_equal(v0, v1)
+    assert net[1].momentum == 0.9
+    with pytest.raises(ValueError, match="num_batches"):
+        E.precise_statistics(net, loader, 0, mx.cpu())
+    plain = gluon.nn.Dense(3, in_units=3)
+    plain.initialize()
+    with pytest.raises(ValueError, match="BatchNorm"):
+        E.precise_statistics(plain, loader, 1, mx.cpu())
+
+
+def test_precise_statistics_differ_from_a_moving_average(rng):
+    """A moving average after training-mode passes weighs the last batches most; with a drifting
+    input the two estimates differ, and set_moving_statistics stores the precise one."""
+    net = _dense_bn(rng)
+    X = nd.array(np.concatenate([rng.normal(0, 1, size=(32, 3)), rng.normal(5, 1, size=(32, 3))]))
+    loader = E.ArrayLoader(X, nd.zeros(64), 8)
+    precise = E.precise_statistics(net, loader, 8, mx.cpu())
+    E.settle_moving_statistics(net, loader, 8, mx.cpu())
+    moving = E.moving_statistics(net)
+    assert np.abs(moving[0][0] - precise[0][0]).max() > 0.1
+    E.set_moving_statistics(net, precise)
+    np.testing.assert_allclose(E.moving_statistics(net)[0][0], precise[0][0], rtol=1e-6)
+    with pytest.raises(ValueError, match="one .mean, var. pair"):
+        E.set_moving_statistics(net, [])
+    with pytest.raises(ValueError, match="shape"):
+        E.set_moving_statistics(net, [(np.zeros(2), np.ones(2))])
+
+
+def test_relative_update_of_a_batch_normed_layer_falls_as_one_over_a_squared(rng):
+    net = _dense_bn(rng)
+    X = nd.array(rng.normal(size=(32, 3)))
+    y = nd.array(rng.integers(0, 3, size=32))
+    before = [p.data().asnumpy().copy() for p in net.collect_params().values()]
+    r1 = E.relative_updates(net, X, y, 0.1)
+    for p, value in zip(net.collect_params().values(), before):
+        np.testing.assert_array_equal(p.data().asnumpy(), value)        # nothing changed
+    net[0].weight.set_data(net[0].weight.data() * 10)
+    r10 = E.relative_updates(net, X, y, 0.1)
+    assert len(r1) == 2
+    assert r10[0] == pytest.approx(r1[0] / 100, rel=1e-3)   # the layer before batch norm
+    assert r10[1] == pytest.approx(r1[1], rel=1e-3)         # the layer after it: unchanged
+    with pytest.raises(ValueError, match="lr"):
+        E.relative_updates(net, X, y, 0)
+
+
+def test_seed_summary_and_table():
+    s = E.seed_summary([0.5, 0.7, 0.6])
+    assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.5 and s["max"] == 0.7
+    assert s["std"] == pytest.approx(np.sqrt(2 / 300))
+    assert E.seed_summary([0.3])["std"] == 0
+    table = E.seed_table({"a": [0.5, 0.7, 0.6], "b": [1, 2, 3]}, [0, 1, 2], fmt=".2f")
+    lines = table.splitlines()
+    assert lines[0].split() == ["seed", "a", "b"]
+    assert lines[2].split() == ["1", "0.70", "2.00"]
+    assert lines[4].split() == ["mean", "0.60", "2.00"]
+    assert lines[-1].split() == ["max", "0.70", "3.00"]
+    with pytest.raises(ValueError, match="finite"):
+        E.seed_summary([0.1, float("nan")])
+    with pytest.raises(ValueError, match="non-empty"):
+        E.seed_summary([])
+    with pytest.raises(ValueError, match="2 values for 3 seeds"):
+        E.seed_table({"a": [1, 2]}, [0, 1, 2])
+
+
+def test_study_seeds_and_settings():
+    assert len(E.study_seeds(quick=False)) >= 3 and len(set(E.study_seeds(quick=False))) >= 3
+    assert len(E.study_seeds(quick=True)) >= 1
+    quick, full = E.lenet_study_settings(True), E.lenet_study_settings(False)
+    assert quick == d2lbn.train.lenet_settings(True)
+    base = d2lbn.train.lenet_settings(False)
+    assert (full.lr, full.batch_size, full.momentum, full.lr_schedule, full.train_limit) == \
+        (base.lr, base.batch_size, base.momentum, base.lr_schedule, base.train_limit)
+    assert quick.num_epochs <= full.num_epochs and 0.1 < quick.min_test_acc <= full.min_test_acc
+
+
+def test_batch_size_run_reports_steps_and_three_accuracies():
+    d2lbn.set_seed(0)
+    X = nd.random.uniform(shape=(48, 1, 28, 28))
+    y = nd.array(np.arange(48) % 10)
+    data = (X, y, X[:16], y[:16])
+    bn = E.batch_size_run("batch", 8, data, num_epochs=2, precise_batches=3)
+    assert bn.steps == 2 * 6 and bn.lr == pytest.approx(0.1 * 8 / 64)
+    assert len(bn.var_ratio) == 4 and all(r > 0 for r in bn.var_ratio)
+    assert bn.gap == bn.precise_acc - bn.train_mode_acc
+    ln = E.batch_size_run("layer", 8, data, num_epochs=1)
+    assert ln.var_ratio == [] and ln.steps == 6
+    assert ln.moving_acc == ln.precise_acc == ln.train_mode_acc
+
+
+def test_plot_seeds_draws_the_mean_and_a_min_max_band():
+    from matplotlib import pyplot as plt
+    from d2lbn.plot import plot_seeds
+    fig, ax = plt.subplots()
+    line = plot_seeds(ax, [1, 2, 3], [[0.1, 0.5, 0.9], [0.3, 0.7, 0.5]], "runs")
+    np.testing.assert_allclose(line.get_ydata(), [0.2, 0.6, 0.7])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.1) and band.max() == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="one sequence of 3 values"):
+        plot_seeds(ax, [1, 2, 3], [[0.1, 0.2]], "bad")
+    plt.close(fig)
