@@ -42,7 +42,7 @@ from .repro import set_seed
 __all__ = ["CenteringRun", "centering_run", "ShiftScaleNoise", "add_noise", "KINDS", "make_net",
            "trainable_params", "loss_and_grads", "weight_layers", "activation_inputs",
            "gradient_shift", "internal_covariate_shift", "GradientProbe",
-           "probe_gradient_direction", "WhyRun", "why_run", "percentile_drift"]
+           "probe_gradient_direction", "WhyRun", "why_run", "percentile_drift", "percentile_jumps"]
 
 
 def _check_positive(name: str, value, integer: bool = False) -> None:
@@ -349,7 +349,7 @@ class WhyRun:
     (0 = before training); at each: ``test_acc``, ``percentiles`` (T, 3, units) -- the 15th/50th/85th
     percentile of each unit's input to the probed activation over the probe images; and, when
     measured (``measure=True``), ``ics_l2``/``ics_cos`` (T, L-1) for conv/dense layers 1..L-1 and
-    ``loss_range``/``grad_change``/``beta`` (T,) from :func:`probe_gradient_direction`.
+    ``loss_range``/``grad_change``/``beta``/``grad_norm`` (T,) from :func:`probe_gradient_direction`.
     """
     kind: str
     seed: int
@@ -363,6 +363,7 @@ class WhyRun:
     loss_range: np.ndarray = field(default_factory=lambda: np.zeros(0))
     grad_change: np.ndarray = field(default_factory=lambda: np.zeros(0))
     beta: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    grad_norm: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seconds: float = 0.0
 
 
@@ -372,6 +373,19 @@ def percentile_drift(run: WhyRun, start_step: int = 0) -> float:
     averaged over units and the three percentiles) applied to ``run``."""
     from .experiments import Figure1Result, percentile_drift as drift
     return drift(Figure1Result(run.kind != "plain", run.steps, run.test_acc, run.percentiles), start_step)
+
+
+def percentile_jumps(run: WhyRun, start_step: int = 0) -> float:
+    """How much the probed activation's input distribution changes from one checkpoint to the next:
+    the mean absolute change of each percentile between consecutive checkpoints (from ``start_step``
+    on), averaged over units and the three percentiles. A slow drift gives small jumps however far
+    it goes in the end; a distribution that is new at every step gives large ones."""
+    keep = np.asarray(run.steps) >= start_step
+    p = run.percentiles[keep]                          # (T, 3, units)
+    if p.shape[0] < 2:
+        raise ValueError(f"need at least two checkpoints from start_step={start_step} on; "
+                         f"the run has {p.shape[0]}")
+    return float(np.abs(np.diff(p, axis=0)).mean())
 
 
 def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
@@ -404,7 +418,7 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
     net.initialize(mx.init.Xavier(), ctx=ctx)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     run = WhyRun(kind, seed, lr)
-    percentiles, ics_l2, ics_cos, ranges, changes, betas, losses = [], [], [], [], [], [], []
+    percentiles, ics_l2, ics_cos, ranges, changes, betas, norms, losses = [], [], [], [], [], [], [], []
     start = time.perf_counter()
     n = train_X.shape[0]
     num_layers = len(weight_layers(net))
@@ -426,6 +440,7 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
                 ranges.append(probe_result.loss_range)
                 changes.append(probe_result.max_grad_change)
                 betas.append(probe_result.beta)
+                norms.append(probe_result.grad_norm)
         if step == num_steps:
             break
         with autograd.record():
@@ -439,5 +454,6 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
     run.percentiles = np.stack(percentiles)
     if measure:
         run.ics_l2, run.ics_cos = np.array(ics_l2), np.array(ics_cos)
-        run.loss_range, run.grad_change, run.beta = np.array(ranges), np.array(changes), np.array(betas)
+        run.loss_range, run.grad_change = np.array(ranges), np.array(changes)
+        run.beta, run.grad_norm = np.array(betas), np.array(norms)
     return run

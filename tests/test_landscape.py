@@ -241,3 +241,20 @@ def test_why_run_rejects_bad_input(rng, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         L.why_run(**args)
+
+
+def test_drift_and_jumps_of_known_percentiles():
+    steps = [0, 10, 20, 30, 40]
+    t = np.arange(5.0)[:, None, None]
+    slow = L.WhyRun("plain", 0, 0.1, steps=steps, percentiles=np.broadcast_to(0.5 * t, (5, 3, 4)))
+    # a linear drift of 0.5 per checkpoint: drift (max - min) 2.0, jumps 0.5
+    assert L.percentile_drift(slow) == pytest.approx(2.0)
+    assert L.percentile_jumps(slow) == pytest.approx(0.5)
+    assert L.percentile_jumps(slow, start_step=20) == pytest.approx(0.5)
+    flip = np.broadcast_to(np.array([0.0, 1, 0, 1, 0])[:, None, None], (5, 3, 4))
+    jumpy = L.WhyRun("noisy-bn", 0, 0.1, steps=steps, percentiles=flip)
+    # back and forth by 1: drift only 1.0, but jumps of 1.0 every time
+    assert L.percentile_drift(jumpy) == pytest.approx(1.0)
+    assert L.percentile_jumps(jumpy) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two checkpoints"):
+        L.percentile_jumps(slow, start_step=40)
