@@ -345,7 +345,8 @@ def probe_gradient_direction(net: gluon.Block, loss_fn, X: nd.NDArray, y: nd.NDA
     """Move every trainable parameter of ``net`` from ``w`` to ``w - eta * g`` (``g``:
     the gradient of the mean loss on ``(X, y)``, all parameters together) for each
     ``eta`` in ``step_sizes``, and record the loss and the gradient there (Santurkar et
-    al., 2018, Figure 4). Training mode; parameters and moving statistics are restored."""
+    al., 2018, Figure 4). Training mode; parameters and moving statistics are
+    restored."""
     etas = np.asarray(list(step_sizes), dtype=np.float64)
     if etas.ndim != 1 or etas.size == 0:
         raise ValueError(f"step_sizes must be a non-empty 1-D sequence of step sizes; "
