@@ -31,7 +31,7 @@ from .repro import set_seed
 __all__ = ["PLACEMENTS", "DROPOUT_SITES", "lenet_variant", "bn_layers", "copy_params",
            "layer_input_stats", "variance_shift", "recalibrate_bn", "effective_lr",
            "spare_norm_params", "FitResult", "fit", "evaluate", "invert", "brightness_contrast",
-           "seed_summary"]
+           "seed_summary", "plot_band"]
 
 #: Where batch norm goes relative to the activation: ``'before'`` (conv -> BN -> ReLU, the paper)
 #: or ``'after'`` (conv -> ReLU -> BN).
@@ -254,6 +254,7 @@ class FitResult:
     loss: List[float] = field(default_factory=list)
     steps: List[int] = field(default_factory=list)
     norms: Dict[str, List[float]] = field(default_factory=dict)
+    batch_loss: List[float] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -273,14 +274,14 @@ def evaluate(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, batch_size: int = 1
 
 
 def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx.cpu(), *,
-        seed: Optional[int] = 0, batch_size: int = 128, momentum: float = 0.9, wd: float = 0.0,
+        seed: Optional[int] = 0, init: bool = True, batch_size: int = 128, momentum: float = 0.9, wd: float = 0.0,
         decay_norm_params: bool = False, cosine: bool = True,
         trace: Optional[Dict[str, gluon.Parameter]] = None, trace_every: int = 50) -> FitResult:
     """Train ``net`` with SGD (``momentum``, weight decay ``wd``) and softmax cross-entropy on
     ``data = (train_X, train_y, test_X, test_y)``; test accuracy after every epoch.
 
-    ``seed``: seed everything and (re)initialise the net with Xavier (parameters with their own
-    initialiser keep it); ``None`` keeps the current weights (fine-tuning). ``decay_norm_params``:
+    ``seed``: seed every generator (``None``: don't); ``init``: (re)initialise the net with Xavier
+    (parameters with their own initialiser keep it), or keep its weights (fine-tuning). ``decay_norm_params``:
     whether gamma and beta get weight decay too. ``cosine``: lower the learning rate to 0 along a
     half cosine over the run, else keep it constant. ``trace``: ``{name: parameter}`` whose norms
     are recorded every ``trace_every`` steps. Raises ``FloatingPointError`` on a NaN/inf loss.
@@ -295,6 +296,7 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx
     train_X, train_y, test_X, test_y = data
     if seed is not None:
         set_seed(seed)
+    if init:
         net.initialize(mx.init.Xavier(), ctx=ctx, force_reinit=True)
     loader = ArrayLoader(train_X, train_y, batch_size, shuffle=True)
     spare_norm_params(net, decay_norm_params)
@@ -323,7 +325,9 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx
             loss.backward()
             trainer.step(X.shape[0])
             step += 1
-            total += float(loss.sum().asscalar())
+            batch_total = float(loss.sum().asscalar())
+            result.batch_loss.append(batch_total / X.shape[0])
+            total += batch_total
             if not math.isfinite(total):
                 raise FloatingPointError(f"the training loss became {total} at epoch {epoch + 1}, "
                                          f"step {step} (lr={lr:g})")
@@ -377,3 +381,14 @@ def seed_summary(values: Dict[str, Sequence[float]], fmt: str = ".4f") -> str:
         rows.append(f"{name:<{width}} {cells} {np.mean(vals):>8{fmt}} "
                     f"{min(vals):>8{fmt}}-{max(vals):<8{fmt}}")
     return "\n".join(rows)
+
+
+def plot_band(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, **kwargs):
+    """Plot the mean over ``runs`` (one sequence per seed, each as long as ``x``) against ``x`` with
+    a shaded band from the minimum to the maximum; return the mean line."""
+    values = np.asarray(runs, dtype=float)
+    if values.ndim != 2 or values.shape[1] != len(x):
+        raise ValueError(f"runs must be (seeds, len(x)) = (*, {len(x)}); got shape {values.shape}")
+    line, = ax.plot(x, values.mean(axis=0), label=label, **kwargs)
+    ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
+    return line

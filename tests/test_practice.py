@@ -195,6 +195,8 @@ def test_fit_learns_and_is_reproducible(rng):
         results.append(P.fit(net, data, 3, 0.05, seed=3, batch_size=32))
     assert results[0].test_acc == results[1].test_acc
     assert results[0].loss[-1] < results[0].loss[0]
+    assert len(results[0].batch_loss) == 3 * 4
+    assert results[0].loss[0] == pytest.approx(np.mean(results[0].batch_loss[:4]), rel=1e-5)
 
 
 def test_copy_params(rng):
@@ -243,3 +245,13 @@ def test_seed_summary():
     assert "0.6000" in lines[1] and "0.5000-0.7000" in lines[1]
     with pytest.raises(ValueError):
         P.seed_summary({})
+
+
+def test_plot_band_draws_mean_and_range():
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots()
+    line = P.plot_band(ax, [1, 2], [[0.0, 1.0], [2.0, 3.0], [1.0, 2.0]], "x")
+    np.testing.assert_allclose(line.get_ydata(), [1.0, 2.0])
+    with pytest.raises(ValueError, match="runs"):
+        P.plot_band(ax, [1, 2, 3], [[0.0, 1.0]], "x")
+    plt.close(fig)
