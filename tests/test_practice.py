@@ -1,0 +1,257 @@
+"""d2lbn.practice: the LeNet variants, AdaBN recalibration against statistics computed in float64
+NumPy, the variance-shift measure, the effective learning rate (known answers and the norm growth
+that scale invariance implies), the shift transforms (exact pixel values) and bad input."""
+import numpy as np
+import pytest
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+from mxnet.gluon import nn
+
+import d2lbn
+from d2lbn import practice as P
+from d2lbn.norm import BatchNorm as ScratchBatchNorm
+
+
+def kinds(net):
+    return [type(child).__name__ for child in net._children.values()]
+
+
+def test_lenet_variant_layer_order():
+    assert kinds(P.lenet_variant("before"))[:3] == ["Conv2D", "BatchNorm", "Activation"]
+    assert kinds(P.lenet_variant("after"))[:3] == ["Conv2D", "Activation", "BatchNorm"]
+    before = kinds(P.lenet_variant(dropout=0.5, dropout_site="before_bn"))
+    after = kinds(P.lenet_variant(dropout=0.5, dropout_site="after_bn"))
+    i = before.index("Dropout")
+    assert before[i + 1:i + 3] == ["Dense", "BatchNorm"]           # a batch-norm layer follows it
+    j = after.index("Dropout")
+    assert "BatchNorm" not in after[j:] and after[j + 1] == "Dense"  # none follows it
+    assert "Dropout" not in kinds(P.lenet_variant())
+    net = P.lenet_variant("after", 0.3, "before_bn")
+    net.initialize()
+    assert net(nd.ones((2, 1, 28, 28))).shape == (2, 10)
+    assert len(P.bn_layers(net)) == 4
+
+
+def test_lenet_variant_bad_input():
+    with pytest.raises(ValueError, match="placement"):
+        P.lenet_variant("middle")
+    with pytest.raises(ValueError, match="dropout"):
+        P.lenet_variant(dropout=1.0, dropout_site="after_bn")
+    with pytest.raises(ValueError, match="dropout"):
+        P.lenet_variant(dropout=-0.1, dropout_site="after_bn")
+    with pytest.raises(TypeError, match="dropout"):
+        P.lenet_variant(dropout="0.5", dropout_site="after_bn")
+    with pytest.raises(ValueError, match="dropout_site"):
+        P.lenet_variant(dropout=0.5, dropout_site="everywhere")
+    with pytest.raises(ValueError, match="disagree"):
+        P.lenet_variant(dropout=0.5)
+
+
+def test_use_global_stats_normalises_with_moving_statistics_in_training():
+    net = P.lenet_variant(use_global_stats=True)
+    net.initialize()
+    X = nd.random.uniform(shape=(8, 1, 28, 28))
+    with autograd.record():
+        train_out = net(X)
+    np.testing.assert_allclose(train_out.asnumpy(), net(X).asnumpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---- AdaBN ---------------------------------------------------------------------------------------------
+
+def _mlp(rng, scratch=False):
+    """Dense(3) -> BN -> ReLU -> Dense(2) -> BN, weights known."""
+    net = nn.HybridSequential() if not scratch else nn.Sequential()
+    bn = (lambda d: ScratchBatchNorm(d, 2)) if scratch else (lambda d: nn.BatchNorm(in_channels=d))
+    net.add(nn.Dense(3, in_units=2), bn(3), nn.Activation("relu"), nn.Dense(2, in_units=3), bn(2))
+    net.initialize(mx.init.Xavier())
+    W1, b1 = rng.normal(size=(3, 2)), rng.normal(size=3)
+    W2, b2 = rng.normal(size=(2, 3)), rng.normal(size=2)
+    for p, v in zip([net[0].weight, net[0].bias, net[3].weight, net[3].bias], [W1, b1, W2, b2]):
+        p.set_data(nd.array(v))
+    g = rng.uniform(0.5, 2, size=3)
+    net[1].gamma.set_data(nd.array(g))
+    return net, (W1, b1, W2, b2, g)
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_recalibrate_matches_float64_statistics_layer_by_layer(rng, scratch):
+    net, (W1, b1, W2, b2, g) = _mlp(rng, scratch)
+    X = rng.normal(loc=3.0, scale=2.0, size=(1000, 2))
+    assert P.recalibrate_bn(net, nd.array(X), batch_size=300) == 2
+    # the oracle: the same forward pass in float64, with the recalibrated first layer
+    Z1 = X @ W1.T + b1
+    m1, v1 = Z1.mean(axis=0), Z1.var(axis=0)
+    H = np.maximum(g * (Z1 - m1) / np.sqrt(v1 + 1e-5), 0)
+    Z2 = H @ W2.T + b2
+    m2, v2 = Z2.mean(axis=0), Z2.var(axis=0)
+    for layer, (m, v) in zip(P.bn_layers(net), [(m1, v1), (m2, v2)]):
+        mean, var = P._moving(layer)
+        np.testing.assert_allclose(mean.data().asnumpy(), m, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(var.data().asnumpy(), v, rtol=1e-4, atol=1e-4)
+    # in inference mode the last layer's output now has mean 0 and variance 1 on X
+    out = net(nd.array(X)).asnumpy()
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-3)
+    np.testing.assert_allclose(out.var(axis=0), 1, atol=1e-3)
+
+
+def test_recalibrate_convolutional_statistics_and_hybridized_net(rng):
+    net = nn.HybridSequential()
+    net.add(nn.BatchNorm(in_channels=3), nn.Flatten(), nn.Dense(2))
+    net.initialize()
+    net.hybridize()
+    X = rng.normal(loc=[[[[1.0]], [[-2.0]], [[5.0]]]], scale=[[[[1.0]], [[3.0]], [[0.5]]]],
+                   size=(20, 3, 4, 4))
+    net(nd.array(X))
+    P.recalibrate_bn(net, nd.array(X), batch_size=7)
+    np.testing.assert_allclose(net[0].running_mean.data().asnumpy(), X.mean(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(net[0].running_var.data().asnumpy(), X.var(axis=(0, 2, 3)), rtol=1e-4)
+    assert net._active                           # still hybridized afterwards
+
+
+def test_recalibrate_refuses_a_net_without_batch_norm():
+    net = nn.HybridSequential()
+    net.add(nn.Dense(2, in_units=3))
+    net.initialize()
+    with pytest.raises(ValueError, match="batch-norm"):
+        P.recalibrate_bn(net, nd.ones((4, 3)))
+
+
+def test_variance_shift_is_stored_over_measured_variance(rng):
+    net = nn.HybridSequential()
+    net.add(nn.Dropout(0.5), nn.BatchNorm(in_channels=2))
+    net.initialize()
+    X = rng.normal(scale=[1.0, 2.0], size=(4000, 2))
+    net[1].running_var.set_data(nd.array([3.0, 3.0]))
+    shift = P.variance_shift(net, nd.array(X), net[1])      # inference: dropout is off
+    np.testing.assert_allclose(shift, 3.0 / X.var(axis=0), rtol=1e-4)
+
+
+# ---- effective learning rate and weight decay ----------------------------------------------------------
+
+def test_effective_lr_known_answers():
+    assert P.effective_lr(0.5, np.array([[3.0, 4.0]])) == pytest.approx(0.02)
+    assert P.effective_lr(0.5, nd.array([[3.0, 4.0]])) == pytest.approx(0.02)
+    p = gluon.Parameter("w", shape=(2, 2), init=mx.init.Constant(2.0))
+    p.initialize()
+    assert P.effective_lr(1.0, p) == pytest.approx(1 / 16)
+    assert P.effective_lr(1.0, 10 * np.ones((2, 2))) == pytest.approx(P.effective_lr(1.0, p) / 25)
+    with pytest.raises(ValueError, match="lr"):
+        P.effective_lr(0.0, np.ones(2))
+    with pytest.raises(ValueError, match="weight"):
+        P.effective_lr(0.1, np.zeros(2))
+
+
+def _tiny_data(rng, n=256):
+    X = nd.array(rng.uniform(size=(n, 1, 28, 28)))
+    y = nd.array(rng.integers(0, 10, size=n))
+    return X, y, X[:64], y[:64]
+
+
+def test_weight_norm_never_shrinks_under_plain_sgd_without_decay(rng):
+    """Scale invariance: the gradient of a weight followed by batch norm is orthogonal to it, so a
+    plain SGD step can only lengthen it: ||W + dW||^2 = ||W||^2 + ||dW||^2."""
+    net = P.lenet_variant()
+    net.initialize(mx.init.Xavier())
+    net(nd.ones((2, 1, 28, 28)))
+    trace = {"conv2": net[4].weight, "dense1": net[8].weight}
+    r = P.fit(net, _tiny_data(rng), 2, 0.5, momentum=0.0, batch_size=32, cosine=False, trace=trace,
+              trace_every=1)
+    for name in trace:
+        norms = np.array(r.norms[name])
+        assert len(norms) == 1 + 2 * 8
+        assert (np.diff(norms) >= -1e-4 * norms[:-1]).all(), (name, norms)
+        assert norms[-1] > norms[0] * 1.01
+
+
+def test_spare_norm_params_and_weight_decay(rng):
+    net = P.lenet_variant()
+    net.initialize()
+    net(nd.ones((2, 1, 28, 28)))
+    P.spare_norm_params(net, decay=False)
+    assert all(l.gamma.wd_mult == 0 and l.beta.wd_mult == 0 for l in P.bn_layers(net))
+    assert net[0].weight.wd_mult == 1
+    P.spare_norm_params(net, decay=True)
+    assert all(l.gamma.wd_mult == 1 for l in P.bn_layers(net))
+    # with a huge decay on gamma alone (lr tiny for the data term), gamma shrinks; spared, it does not
+    for decay in (False, True):
+        r = P.fit(net, _tiny_data(rng, 64), 1, 1e-3, momentum=0.0, wd=100.0, batch_size=64,
+                  decay_norm_params=decay, cosine=False)
+        gamma = P.bn_layers(net)[0].gamma.data().asnumpy()
+        assert (gamma < 0.95).all() if decay else np.allclose(gamma, 1.0, atol=0.01), gamma
+    with pytest.raises(ValueError, match="wd"):
+        P.fit(net, _tiny_data(rng, 64), 1, 0.1, wd=-1.0)
+    with pytest.raises(ValueError, match="num_epochs"):
+        P.fit(net, _tiny_data(rng, 64), 0, 0.1)
+
+
+def test_fit_learns_and_is_reproducible(rng):
+    data = _tiny_data(rng, 128)
+    X, y = data[0], data[1]
+    y = nd.array((X.asnumpy().reshape(128, -1)[:, :392].mean(axis=1) > 0.5).astype(np.float32))
+    data = (X, y, X, y)
+    results = []
+    for _ in range(2):
+        net = P.lenet_variant()
+        results.append(P.fit(net, data, 3, 0.05, seed=3, batch_size=32))
+    assert results[0].test_acc == results[1].test_acc
+    assert results[0].loss[-1] < results[0].loss[0]
+    assert len(results[0].batch_loss) == 3 * 4
+    assert results[0].loss[0] == pytest.approx(np.mean(results[0].batch_loss[:4]), rel=1e-5)
+
+
+def test_copy_params(rng):
+    src = P.lenet_variant()
+    src.initialize(mx.init.Xavier())
+    X = nd.array(rng.uniform(size=(4, 1, 28, 28)))
+    src(X)
+    P.bn_layers(src)[0].running_mean.set_data(nd.array(rng.normal(size=6)))
+    dst = P.lenet_variant(use_global_stats=True)
+    P.copy_params(src, dst)
+    np.testing.assert_allclose(dst(X).asnumpy(), src(X).asnumpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="structure"):
+        P.copy_params(src, P.lenet_variant(dropout=0.5, dropout_site="after_bn"))
+
+
+# ---- shift transforms -----------------------------------------------------------------------------------
+
+def test_shift_transforms_exact_pixels():
+    X = nd.array([[[[0.0, 0.25], [0.5, 1.0]]]])
+    np.testing.assert_array_equal(P.invert(X).asnumpy(), [[[[1.0, 0.75], [0.5, 0.0]]]])
+    np.testing.assert_allclose(P.brightness_contrast(X, 0.1, 2.0).asnumpy(),
+                               [[[[0.1, 0.6], [1.0, 1.0]]]], rtol=1e-6)
+    np.testing.assert_allclose(P.brightness_contrast(X, -0.2, 0.5).asnumpy(),
+                               [[[[0.0, 0.0], [0.05, 0.3]]]], atol=1e-7)
+    np.testing.assert_array_equal(P.brightness_contrast(X).asnumpy(), X.asnumpy())
+
+
+def test_shift_transforms_bad_input():
+    X = nd.ones((1, 1, 2, 2))
+    with pytest.raises(ValueError, match="brightness"):
+        P.brightness_contrast(X, brightness=1.5)
+    with pytest.raises(ValueError, match="contrast"):
+        P.brightness_contrast(X, contrast=0.0)
+    with pytest.raises(ValueError, match="contrast"):
+        P.brightness_contrast(X, contrast=-1.0)
+    with pytest.raises(TypeError, match="contrast"):
+        P.brightness_contrast(X, contrast=None)
+    with pytest.raises(TypeError, match="X"):
+        P.invert(np.ones((1, 1, 2, 2)))
+
+
+def test_seed_summary():
+    table = P.seed_summary({"a": [0.5, 0.7, 0.6], "bb": [0.1, 0.2, 0.3]})
+    lines = table.splitlines()
+    assert len(lines) == 3 and "mean" in lines[0]
+    assert "0.6000" in lines[1] and "0.5000-0.7000" in lines[1]
+    with pytest.raises(ValueError):
+        P.seed_summary({})
+
+
+def test_plot_band_draws_mean_and_range():
+    from matplotlib import pyplot as plt
+    fig, ax = plt.subplots()
+    line = P.plot_band(ax, [1, 2], [[0.0, 1.0], [2.0, 3.0], [1.0, 2.0]], "x")
+    np.testing.assert_allclose(line.get_ydata(), [1.0, 2.0])
+    with pytest.raises(ValueError, match="runs"):
+        P.plot_band(ax, [1, 2, 3], [[0.0, 1.0]], "x")
+    plt.close(fig)
