@@ -246,14 +246,19 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     for p in procs:
         p.env.update({k: v for k, v in ENV_DEFAULTS.items() if k not in os.environ})
         p.env.update(env or {})
-    previous = (signal.getsignal(signal.SIGTERM)
-                if threading.current_thread() is threading.main_thread() else None)
+    # Ctrl-C and SIGTERM only set a flag that the loop below reads at a safe point: a
+    # KeyboardInterrupt raised asynchronously inside Popen.poll() can leave the Popen's
+    # internal wait lock held, and the wait() in _stop would then block for ever.
+    interrupted: List[str] = []
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+                if in_main else {})
 
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt("SIGTERM")
+    def on_signal(signum, frame):
+        interrupted.append("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
 
-    if previous is not None:
-        signal.signal(signal.SIGTERM, on_sigterm)
+    for sig in previous:
+        signal.signal(sig, on_signal)
     start = time.monotonic()
     try:
         for p in procs:                    # every fork before any reader thread runs
@@ -268,6 +273,8 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
             p.reader.start()
         finished_at = None
         while True:
+            if interrupted:
+                raise KeyboardInterrupt(interrupted[0])
             for p in procs:
                 code = p.popen.poll()
                 if code is not None and code != 0:
@@ -305,8 +312,8 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
         _stop(procs)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 # ---- several machines: print the commands --------------------------------------------
