@@ -1,16 +1,18 @@
-"""Using batch norm well: the helpers of the chapter on placement, dropout, weight decay, residual
-nets, fine-tuning and distribution shift.
+"""Using batch norm well: the helpers of the chapter on placement, dropout, weight
+decay, residual nets, fine-tuning and distribution shift.
 
-* :func:`lenet_variant` -- LeNet with Gluon's batch norm before or after each ReLU, optionally with
-  one dropout layer in front of a batch-norm layer or behind the last one;
-* :func:`fit` -- a small SGD training loop with weight decay that can spare gamma and beta and that
-  records the norms of chosen weights as it goes; :func:`effective_lr`;
-* :func:`layer_input_stats`, :func:`variance_shift`, :func:`recalibrate_bn` (AdaBN) -- the
-  statistics a batch-norm layer stores against those it meets at inference;
+* :func:`lenet_variant` -- LeNet with Gluon's batch norm before or after each ReLU,
+  optionally with one dropout layer in front of a batch-norm layer or behind the last
+  one;
+* :func:`fit` -- a small SGD training loop with weight decay that can spare gamma and
+  beta and that records the norms of chosen weights as it goes; :func:`effective_lr`;
+* :func:`layer_input_stats`, :func:`variance_shift`, :func:`recalibrate_bn` (AdaBN) --
+  the statistics a batch-norm layer stores against those it meets at inference;
 * :func:`invert`, :func:`brightness_contrast` -- shifted copies of images in [0, 1];
 * :func:`copy_params`, :func:`seed_summary`.
 
-Shapes: images ``X: (N, 1, 28, 28)`` float32 in [0, 1], labels ``y: (N,)``; nets map X to (N, 10).
+Shapes: images ``X: (N, 1, 28, 28)`` float32 in [0, 1], labels ``y: (N,)``; nets map X
+to (N, 10).
 """
 from __future__ import annotations
 
@@ -30,46 +32,52 @@ from .repro import set_seed
 
 __all__ = ["PLACEMENTS", "DROPOUT_SITES", "lenet_variant", "bn_layers", "copy_params",
            "layer_input_stats", "variance_shift", "recalibrate_bn", "effective_lr",
-           "spare_norm_params", "FitResult", "fit", "evaluate", "invert", "brightness_contrast",
-           "seed_summary", "plot_band"]
+           "spare_norm_params", "FitResult", "fit", "evaluate", "invert",
+           "brightness_contrast", "seed_summary", "plot_band"]
 
-#: Where batch norm goes relative to the activation: ``'before'`` (conv -> BN -> ReLU, the paper)
-#: or ``'after'`` (conv -> ReLU -> BN).
+#: Where batch norm goes relative to the activation: ``'before'`` (conv -> BN -> ReLU,
+#: the paper) or ``'after'`` (conv -> ReLU -> BN).
 PLACEMENTS = ("before", "after")
 
-#: Where :func:`lenet_variant` puts its dropout layer: nowhere; ``'before_bn'``, after the first
-#: dense block, so the second dense layer's batch norm sees dropped-out inputs; ``'after_bn'``,
-#: after the second dense block, in front of the output layer, behind every batch-norm layer.
+#: Where :func:`lenet_variant` puts its dropout layer: nowhere; ``'before_bn'``, after
+#: the first dense block, so the second dense layer's batch norm sees dropped-out
+#: inputs; ``'after_bn'``, after the second dense block, in front of the output layer,
+#: behind every batch-norm layer.
 DROPOUT_SITES = ("none", "before_bn", "after_bn")
 
 
 def _check_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
         raise TypeError(f"{name} must be a finite real number; got {value!r}")
     return float(value)
 
 
-# ---- the nets ----------------------------------------------------------------------------------------
+# ---- the nets ------------------------------------------------------------------------
 
-def lenet_variant(placement: str = "before", dropout: float = 0.0, dropout_site: str = "none",
+def lenet_variant(placement: str = "before", dropout: float = 0.0,
+                  dropout_site: str = "none",
                   use_global_stats: bool = False) -> nn.HybridSequential:
-    """LeNet (the layers of ``d2lbn.models``) with ``gluon.nn.BatchNorm`` after every conv/dense layer
-    but the last, placed ``'before'`` or ``'after'`` its ReLU; X: (N, 1, 28, 28) -> (N, 10).
+    """LeNet (the layers of ``d2lbn.models``) with ``gluon.nn.BatchNorm`` after every
+    conv/dense layer but the last, placed ``'before'`` or ``'after'`` its ReLU;
+    X: (N, 1, 28, 28) -> (N, 10).
 
     ``dropout`` in [0, 1) is the rate of one ``nn.Dropout`` at ``dropout_site`` (see
-    :data:`DROPOUT_SITES`); ``use_global_stats=True`` builds every batch-norm layer so that it always
-    normalises with its moving statistics and never updates them (for fine-tuning with frozen
-    statistics). Hybridizable.
+    :data:`DROPOUT_SITES`); ``use_global_stats=True`` builds every batch-norm layer so
+    that it always normalises with its moving statistics and never updates them (for
+    fine-tuning with frozen statistics). Hybridizable.
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
     if dropout_site not in DROPOUT_SITES:
-        raise ValueError(f"dropout_site must be one of {DROPOUT_SITES}; got {dropout_site!r}")
+        raise ValueError(f"dropout_site must be one of {DROPOUT_SITES}; "
+                         f"got {dropout_site!r}")
     dropout = _check_real("dropout", dropout)
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a rate in [0, 1); got {dropout!r}")
     if (dropout > 0) != (dropout_site != "none"):
-        raise ValueError(f"dropout={dropout} and dropout_site={dropout_site!r} disagree: give a rate "
+        raise ValueError(f"dropout={dropout} and dropout_site={dropout_site!r} "
+                         "disagree: give a rate "
                          f"> 0 together with a site, or 0 with 'none'")
     net = nn.HybridSequential()
 
@@ -92,8 +100,9 @@ def lenet_variant(placement: str = "before", dropout: float = 0.0, dropout_site:
 
 
 def bn_layers(net: gluon.Block) -> List[gluon.Block]:
-    """Every batch-norm layer of ``net`` (Gluon's or ``d2lbn.norm.BatchNorm``), depth first, in the
-    order they were added (which is the order the data meets them in a sequential net)."""
+    """Every batch-norm layer of ``net`` (Gluon's or ``d2lbn.norm.BatchNorm``), depth
+    first, in the order they were added (which is the order the data meets them in a
+    sequential net)."""
     from .norm import BatchNorm
     found: List[gluon.Block] = []
 
@@ -108,29 +117,33 @@ def bn_layers(net: gluon.Block) -> List[gluon.Block]:
 
 
 def _moving(layer: gluon.Block) -> Tuple[gluon.Parameter, gluon.Parameter]:
-    """(moving mean, moving variance) parameters of a Gluon or from-scratch batch-norm layer."""
+    """(moving mean, moving variance) parameters of a Gluon or from-scratch batch-norm
+    layer."""
     if isinstance(layer, nn.BatchNorm):
         return layer.running_mean, layer.running_var
     return layer.moving_mean, layer.moving_var
 
 
 def copy_params(src: gluon.Block, dst: gluon.Block) -> None:
-    """Copy every parameter (weights, gamma, beta and moving statistics) of ``src`` into ``dst``, a net
-    of the same structure (for example :func:`lenet_variant` built with other options)."""
+    """Copy every parameter (weights, gamma, beta and moving statistics) of ``src`` into
+    ``dst``, a net of the same structure (for example :func:`lenet_variant` built with
+    other options)."""
     a, b = src._collect_params_with_prefix(), dst._collect_params_with_prefix()
     if list(a) != list(b):
-        raise ValueError("src and dst must have the same structure; their parameters differ: "
+        raise ValueError("src and dst must have the same structure; "
+                         "their parameters differ: "
                          f"{sorted(set(a) ^ set(b))[:4]}")
     for name, p in a.items():
         if b[name].shape != p.shape and all(b[name].shape):
-            raise ValueError(f"parameter {name} has shape {p.shape} in src, {b[name].shape} in dst")
+            raise ValueError(f"parameter {name} has shape {p.shape} in src, "
+                             f"{b[name].shape} in dst")
         if b[name]._data is None:
             b[name].shape = p.shape
             b[name].initialize(ctx=p.list_ctx())
         b[name].set_data(p.data())
 
 
-# ---- statistics: what the layer stored, what it meets -------------------------------------------------
+# ---- statistics: what the layer stored, what it meets --------------------------------
 
 def _batches(X: nd.NDArray, batch_size: int):
     for i in range(0, X.shape[0], batch_size):
@@ -139,12 +152,13 @@ def _batches(X: nd.NDArray, batch_size: int):
 
 def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Block],
                       batch_size: int = 500) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Mean and biased variance, per channel/feature, of the input of each of ``layers`` (blocks inside
-    ``net``) when ``net`` runs in inference mode on all of ``X``: ``[(mean, var), ...]`` in float64,
-    each of shape (C,). Statistics over axes (0, 2, 3) for 4-D inputs, axis 0 for 2-D ones.
+    """Mean and biased variance, per channel/feature, of the input of each of ``layers``
+    (blocks inside ``net``) when ``net`` runs in inference mode on all of ``X``:
+    ``[(mean, var), ...]`` in float64, each of shape (C,). Statistics over axes (0, 2,
+    3) for 4-D inputs, axis 0 for 2-D ones.
 
-    Uses forward pre-hooks, so a hybridized net is run un-hybridized for the measurement (and
-    hybridized again afterwards).
+    Uses forward pre-hooks, so a hybridized net is run un-hybridized for the measurement
+    (and hybridized again afterwards).
     """
     if X.shape[0] == 0:
         raise ValueError("X must hold at least one example")
@@ -163,7 +177,8 @@ def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Bl
     was_active = getattr(net, "_active", False)
     if was_active:
         net.hybridize(active=False)
-    handles = [layer.register_forward_pre_hook(hook_for(i)) for i, layer in enumerate(layers)]
+    handles = [layer.register_forward_pre_hook(hook_for(i))
+               for i, layer in enumerate(layers)]
     try:
         ctx = _context(net)
         with autograd.predict_mode():
@@ -190,19 +205,21 @@ def _context(net: gluon.Block) -> mx.Context:
 
 def variance_shift(net: gluon.Block, X: nd.NDArray, layer: gluon.Block,
                    batch_size: int = 500) -> np.ndarray:
-    """Per channel/feature, the moving variance ``layer`` stored during training divided by the
-    variance of its input at inference on ``X`` (net in inference mode: dropout off, moving
-    statistics). 1 means no shift; Li et al. (2019) call a ratio above 1 the *variance shift*."""
+    """Per channel/feature, the moving variance ``layer`` stored during training divided
+    by the variance of its input at inference on ``X`` (net in inference mode: dropout
+    off, moving statistics). 1 means no shift; Li et al. (2019) call a ratio above 1 the
+    *variance shift*."""
     (_, var), = layer_input_stats(net, X, [layer], batch_size)
     stored = _moving(layer)[1].data().asnumpy().astype(np.float64)
     return stored / var
 
 
 def recalibrate_bn(net: gluon.Block, X: nd.NDArray, batch_size: int = 500) -> int:
-    """AdaBN (Li et al., 2016): replace every batch-norm layer's moving mean and variance by the mean
-    and biased variance of its input over the unlabelled images ``X`` (N, 1, 28, 28), the net in
-    inference mode. Layer by layer, in order, so each layer's statistics are those it meets once
-    the layers before it have been recalibrated. No weight changes. Returns the number of layers.
+    """AdaBN (Li et al., 2016): replace every batch-norm layer's moving mean and
+    variance by the mean and biased variance of its input over the unlabelled images
+    ``X`` (N, 1, 28, 28), the net in inference mode. Layer by layer, in order, so each
+    layer's statistics are those it meets once the layers before it have been
+    recalibrated. No weight changes. Returns the number of layers.
     """
     layers = bn_layers(net)
     if not layers:
@@ -216,13 +233,14 @@ def recalibrate_bn(net: gluon.Block, X: nd.NDArray, batch_size: int = 500) -> in
     return len(layers)
 
 
-# ---- weight decay and the effective learning rate ------------------------------------------------------
+# ---- weight decay and the effective learning rate ------------------------------------
 
 def effective_lr(lr: float, weight) -> float:
-    """``lr / ||W||^2`` (squared Frobenius norm): the step size that a weight followed by batch norm
-    really takes, since by scale invariance only its direction matters and a gradient step turns
-    that direction by about ``lr * ||grad||/||W||`` with ``||grad||`` itself ``~ 1/||W||``
-    (van Laarhoven, 2017). ``weight``: an NDArray, NumPy array or Parameter of any shape."""
+    """``lr / ||W||^2`` (squared Frobenius norm): the step size that a weight followed
+    by batch norm really takes, since by scale invariance only its direction matters and
+    a gradient step turns that direction by about ``lr * ||grad||/||W||`` with
+    ``||grad||`` itself ``~ 1/||W||`` (van Laarhoven, 2017). ``weight``: an NDArray,
+    NumPy array or Parameter of any shape."""
     lr = _check_real("lr", lr)
     if not lr > 0:
         raise ValueError(f"lr must be > 0; got {lr!r}")
@@ -233,13 +251,15 @@ def effective_lr(lr: float, weight) -> float:
     w = np.asarray(weight, dtype=np.float64)
     norm2 = float((w * w).sum())
     if not norm2 > 0:
-        raise ValueError("weight must not be all zeros: the effective learning rate is infinite")
+        raise ValueError("weight must not be all zeros: "
+                         "the effective learning rate is infinite")
     return lr / norm2
 
 
 def spare_norm_params(net: gluon.Block, decay: bool) -> None:
-    """Set ``wd_mult`` of every batch-norm gamma and beta of ``net`` to 1 (``decay=True``) or to 0
-    (no weight decay on them, the common practice); other parameters keep theirs."""
+    """Set ``wd_mult`` of every batch-norm gamma and beta of ``net`` to 1
+    (``decay=True``) or to 0 (no weight decay on them, the common practice); other
+    parameters keep theirs."""
     for layer in bn_layers(net):
         for p in (layer.gamma, layer.beta):
             p.wd_mult = 1.0 if decay else 0.0
@@ -247,9 +267,10 @@ def spare_norm_params(net: gluon.Block, decay: bool) -> None:
 
 @dataclass
 class FitResult:
-    """A run of :func:`fit`. Per epoch: ``loss`` (mean training loss) and ``test_acc``. ``steps``:
-    the steps at which the traced weights were measured (0 = before training); ``norms``:
-    ``{name: [||W|| at each of steps]}``; ``seconds``: wall time."""
+    """A run of :func:`fit`. Per epoch: ``loss`` (mean training loss) and ``test_acc``.
+    ``steps``: the steps at which the traced weights were measured (0 = before
+    training); ``norms``: ``{name: [||W|| at each of steps]}``; ``seconds``: wall
+    time."""
     test_acc: List[float] = field(default_factory=list)
     loss: List[float] = field(default_factory=list)
     steps: List[int] = field(default_factory=list)
@@ -262,7 +283,8 @@ class FitResult:
         return self.test_acc[-1]
 
 
-def evaluate(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, batch_size: int = 1000) -> float:
+def evaluate(net: gluon.Block, X: nd.NDArray, y: nd.NDArray,
+             batch_size: int = 1000) -> float:
     """Accuracy of ``net`` on ``(X, y)`` in inference mode."""
     ctx = _context(net)
     correct = 0
@@ -273,21 +295,26 @@ def evaluate(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, batch_size: int = 1
     return correct / X.shape[0]
 
 
-def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx.cpu(), *,
-        seed: Optional[int] = 0, init: bool = True, batch_size: int = 128, momentum: float = 0.9, wd: float = 0.0,
+def fit(net: gluon.Block, data, num_epochs: int, lr: float,
+        ctx: mx.Context = mx.cpu(), *, seed: Optional[int] = 0, init: bool = True,
+        batch_size: int = 128, momentum: float = 0.9, wd: float = 0.0,
         decay_norm_params: bool = False, cosine: bool = True,
-        trace: Optional[Dict[str, gluon.Parameter]] = None, trace_every: int = 50) -> FitResult:
-    """Train ``net`` with SGD (``momentum``, weight decay ``wd``) and softmax cross-entropy on
-    ``data = (train_X, train_y, test_X, test_y)``; test accuracy after every epoch.
+        trace: Optional[Dict[str, gluon.Parameter]] = None,
+        trace_every: int = 50) -> FitResult:
+    """Train ``net`` with SGD (``momentum``, weight decay ``wd``) and softmax
+    cross-entropy on ``data = (train_X, train_y, test_X, test_y)``; test accuracy after
+    every epoch.
 
-    ``seed``: seed every generator (``None``: don't); ``init``: (re)initialise the net with Xavier
-    (parameters with their own initialiser keep it), or keep its weights (fine-tuning). ``decay_norm_params``:
-    whether gamma and beta get weight decay too. ``cosine``: lower the learning rate to 0 along a
-    half cosine over the run, else keep it constant. ``trace``: ``{name: parameter}`` whose norms
-    are recorded every ``trace_every`` steps. Raises ``FloatingPointError`` on a NaN/inf loss.
+    ``seed``: seed every generator (``None``: don't); ``init``: (re)initialise the net
+    with Xavier (parameters with their own initialiser keep it), or keep its weights
+    (fine-tuning). ``decay_norm_params``: whether gamma and beta get weight decay too.
+    ``cosine``: lower the learning rate to 0 along a half cosine over the run, else keep
+    it constant. ``trace``: ``{name: parameter}`` whose norms are recorded every
+    ``trace_every`` steps. Raises ``FloatingPointError`` on a NaN/inf loss.
     """
     from .experiments import ArrayLoader
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs <= 0:
+    if (isinstance(num_epochs, bool) or not isinstance(num_epochs, int)
+            or num_epochs <= 0):
         raise ValueError(f"num_epochs must be a positive int; got {num_epochs!r}")
     if not _check_real("lr", lr) > 0:
         raise ValueError(f"lr must be > 0; got {lr!r}")
@@ -302,8 +329,8 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx
     spare_norm_params(net, decay_norm_params)
     params = {"learning_rate": lr, "momentum": momentum, "wd": wd}
     if cosine:
-        params["lr_scheduler"] = CosineScheduler(max_update=num_epochs * len(loader), base_lr=lr,
-                                                 final_lr=0.0)
+        params["lr_scheduler"] = CosineScheduler(max_update=num_epochs * len(loader),
+                                                 base_lr=lr, final_lr=0.0)
     trainer = gluon.Trainer(net.collect_params(), "sgd", params)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     result = FitResult(norms={name: [] for name in (trace or {})})
@@ -329,7 +356,8 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx
             result.batch_loss.append(batch_total / X.shape[0])
             total += batch_total
             if not math.isfinite(total):
-                raise FloatingPointError(f"the training loss became {total} at epoch {epoch + 1}, "
+                raise FloatingPointError(f"the training loss became {total} "
+                                         f"at epoch {epoch + 1}, "
                                          f"step {step} (lr={lr:g})")
             if trace and step % trace_every == 0:
                 record()
@@ -339,24 +367,29 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float, ctx: mx.Context = mx
     return result
 
 
-# ---- distribution shift ------------------------------------------------------------------------------
+# ---- distribution shift --------------------------------------------------------------
 
 def _check_images(X) -> None:
     if not isinstance(X, nd.NDArray):
-        raise TypeError(f"X must be an mxnet NDArray of images in [0, 1]; got {type(X).__name__}")
+        raise TypeError("X must be an mxnet NDArray of images in [0, 1]; "
+                        f"got {type(X).__name__}")
 
 
 def invert(X: nd.NDArray) -> nd.NDArray:
-    """``1 - X``: dark garments on a white background. X: any shape, values in [0, 1]."""
+    """``1 - X``: dark garments on a white background. X: any shape, values in
+    [0, 1]."""
     _check_images(X)
     return 1 - X
 
 
-def brightness_contrast(X: nd.NDArray, brightness: float = 0.0, contrast: float = 1.0) -> nd.NDArray:
-    """``clip(contrast * X + brightness, 0, 1)``: ``contrast`` in (0, 10] scales the pixel values,
-    ``brightness`` in [-1, 1] adds to them. X: any shape, values in [0, 1]."""
+def brightness_contrast(X: nd.NDArray, brightness: float = 0.0,
+                        contrast: float = 1.0) -> nd.NDArray:
+    """``clip(contrast * X + brightness, 0, 1)``: ``contrast`` in (0, 10] scales the
+    pixel values, ``brightness`` in [-1, 1] adds to them. X: any shape, values in [0,
+    1]."""
     _check_images(X)
-    brightness, contrast = _check_real("brightness", brightness), _check_real("contrast", contrast)
+    brightness, contrast = (_check_real("brightness", brightness),
+                            _check_real("contrast", contrast))
     if not -1 <= brightness <= 1:
         raise ValueError(f"brightness must be in [-1, 1]; got {brightness!r}")
     if not 0 < contrast <= 10:
@@ -364,7 +397,7 @@ def brightness_contrast(X: nd.NDArray, brightness: float = 0.0, contrast: float 
     return nd.clip(contrast * X + brightness, 0, 1)
 
 
-# ---- reporting over seeds ----------------------------------------------------------------------------
+# ---- reporting over seeds ------------------------------------------------------------
 
 def seed_summary(values: Dict[str, Sequence[float]], fmt: str = ".4f") -> str:
     """A table with one row per setting: the value of each seed, the mean, and min-max.
@@ -383,12 +416,16 @@ def seed_summary(values: Dict[str, Sequence[float]], fmt: str = ".4f") -> str:
     return "\n".join(rows)
 
 
-def plot_band(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, **kwargs):
-    """Plot the mean over ``runs`` (one sequence per seed, each as long as ``x``) against ``x`` with
-    a shaded band from the minimum to the maximum; return the mean line."""
+def plot_band(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str,
+              **kwargs):
+    """Plot the mean over ``runs`` (one sequence per seed, each as long as ``x``)
+    against ``x`` with a shaded band from the minimum to the maximum; return the mean
+    line."""
     values = np.asarray(runs, dtype=float)
     if values.ndim != 2 or values.shape[1] != len(x):
-        raise ValueError(f"runs must be (seeds, len(x)) = (*, {len(x)}); got shape {values.shape}")
+        raise ValueError(f"runs must be (seeds, len(x)) = (*, {len(x)}); "
+                         f"got shape {values.shape}")
     line, = ax.plot(x, values.mean(axis=0), label=label, **kwargs)
-    ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
+    ax.fill_between(x, values.min(axis=0), values.max(axis=0), color=line.get_color(),
+                    alpha=0.2)
     return line
