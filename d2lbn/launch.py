@@ -47,8 +47,10 @@ __all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "lau
 
 LOCALHOST = "127.0.0.1"
 #: What the scheduler and the servers run: importing mxnet with DMLC_ROLE set runs
-#: the role.
-SERVER_COMMAND = [sys.executable, "-c", "import mxnet"]
+#: the role. mxnet 1.9.1 reads ``numpy.bool``, gone from NumPy 1.24 on: restore it
+#: first where it is missing, as ``d2lbn/__init__.py`` does.
+SERVER_COMMAND = [sys.executable, "-c",
+                  "import numpy; vars(numpy).setdefault('bool', bool); import mxnet"]
 #: Set in every process unless the environment already sets them (see the
 #: module's docstring).
 ENV_DEFAULTS = {"MXNET_ENGINE_TYPE": "NaiveEngine"}

@@ -87,6 +87,7 @@ def _data(dtype: str):
 
 
 def run_case(case: str) -> Dict[str, object]:
+    import d2lbn  # noqa: F401  (first: it aliases numpy.bool for mxnet on NumPy 1.24-1.26)
     import mxnet as mx
     from mxnet import autograd, nd
     from d2lbn import norm, parallel
@@ -176,6 +177,7 @@ def run_case(case: str) -> Dict[str, object]:
 
 
 def _worker(ids: List[str]) -> None:
+    import d2lbn  # noqa: F401  (first: it aliases numpy.bool for mxnet on NumPy 1.24-1.26)
     from mxnet import nd
     for case in ids:
         print("START " + case, flush=True)

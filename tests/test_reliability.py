@@ -364,6 +364,7 @@ def test_sigterm_during_a_download_leaves_no_partial_file(tmp_path):
 # ---- data parallel: the cold start ----------------------------------------------------------------------------
 
 COLD_START = """
+import d2lbn  # first: it aliases numpy.bool for mxnet on NumPy 1.24-1.26
 import numpy as np, mxnet as mx
 from mxnet import nd, gluon
 from d2lbn import parallel as P
