@@ -92,6 +92,21 @@ def test_device_helpers_pick_the_gpu():
 
 # ---- the from-scratch layer on the GPU -------------------------------------------------------------
 
+def _train_step_on_ctx(layer, x, gamma, beta, dtype, dy=None):
+    """Put ``layer`` on CTX in ``dtype`` with the given gamma and beta, run one recorded forward
+    pass on ``x`` and a backward pass (head gradient ``dy``, or ones); return ``(X, Y)``."""
+    layer.initialize(ctx=CTX)
+    layer.cast(dtype)
+    layer.gamma.set_data(nd.array(gamma, ctx=CTX, dtype=dtype))
+    layer.beta.set_data(nd.array(beta, ctx=CTX, dtype=dtype))
+    X = nd.array(x, ctx=CTX, dtype=dtype)
+    X.attach_grad()
+    with autograd.record():
+        Y = layer(X)
+    Y.backward(None if dy is None else nd.array(dy, ctx=CTX, dtype=dtype))
+    return X, Y
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(16, 5), (8, 3, 6, 6), (4, 16, 5, 5)])
 @pytest.mark.parametrize("impl", sorted(norm.IMPLEMENTATIONS))
@@ -101,15 +116,7 @@ def test_layer_on_gpu_matches_numpy(impl, shape, dtype, rng):
     dy = rng.normal(size=shape)
     gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(size=C)
     layer = norm.BatchNorm(C, len(shape), impl=impl)
-    layer.initialize(ctx=CTX)
-    layer.cast(dtype)
-    layer.gamma.set_data(nd.array(gamma, ctx=CTX, dtype=dtype))
-    layer.beta.set_data(nd.array(beta, ctx=CTX, dtype=dtype))
-    X = nd.array(x, ctx=CTX, dtype=dtype)
-    X.attach_grad()
-    with autograd.record():
-        Y = layer(X)
-    Y.backward(nd.array(dy, ctx=CTX, dtype=dtype))
+    X, Y = _train_step_on_ctx(layer, x, gamma, beta, dtype, dy)
     params = layer.collect_params()
     assert all(p.list_ctx() == [CTX] for p in params.values())
     mm, mv = layer.moving_mean.data(CTX), layer.moving_var.data(CTX)
@@ -144,15 +151,7 @@ def test_layer_norm_on_gpu_matches_numpy(shape, dtype, rng):
     x = rng.normal(2.0, 3.0, size=shape)
     gamma, beta = rng.uniform(0.5, 2.0, C), rng.normal(size=C)
     layer = norm.LayerNorm(C, len(shape))
-    layer.initialize(ctx=CTX)
-    layer.cast(dtype)
-    layer.gamma.set_data(nd.array(gamma, ctx=CTX, dtype=dtype))
-    layer.beta.set_data(nd.array(beta, ctx=CTX, dtype=dtype))
-    X = nd.array(x, ctx=CTX, dtype=dtype)
-    X.attach_grad()
-    with autograd.record():
-        Y = layer(X)
-    Y.backward()
+    X, Y = _train_step_on_ctx(layer, x, gamma, beta, dtype)
     assert on_ctx(Y, X.grad, layer.gamma.grad(CTX), layer.beta.grad(CTX)) == []
     axes = tuple(range(1, len(shape)))
     pshape = (1, C) + (1,) * (len(shape) - 2)
