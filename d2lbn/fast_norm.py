@@ -35,21 +35,24 @@ from mxnet import autograd, nd
 from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_array,
                         check_call)
 
+from . import graph_norm
 from .checks import check_batch_norm_args
 
 __all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "moving_average",
-           "fast_batch_norm"]
+           "fast_batch_norm", "fast_train", "fast_layer_train"]
 
 _NULL, _WRITE, _INPLACE, _ADD = 0, 1, 2, 3          # MXNet's OpReqType values
 
 
 class _CheckedOutput(nd.NDArray):
-    """An output of a :class:`Function`: ``backward(out_grad)`` checks the head gradient
-    before MXNet queues the backward pass. MXNet checks neither its shape nor its dtype
-    for a custom function, and the function's backward runs later on an engine thread,
-    where an error could only surface at a later read of a gradient; here a wrong shape
-    is a ``ValueError`` in the ``backward`` call itself. (Another dtype is converted by
-    the callback, which also serves ``autograd.backward``.)"""
+    """An output of a :class:`Function` or of the compiled graph of
+    ``d2lbn.graph_norm``: ``backward(out_grad)`` checks the head gradient before MXNet
+    queues the backward pass. MXNet checks neither its shape nor its dtype for a custom
+    function, and the function's backward runs later on an engine thread, where an
+    error could only surface at a later read of a gradient; here a wrong shape is a
+    ``ValueError`` in the ``backward`` call itself, and another dtype is converted.
+    (The :class:`Function` callback converts it too, which also serves
+    ``autograd.backward``; the graph refuses it there with an ``MXNetError``.)"""
     __slots__ = []
 
     def backward(self, out_grad=None, retain_graph=False, train_mode=True):
@@ -61,6 +64,8 @@ class _CheckedOutput(nd.NDArray):
                 raise ValueError(f"out_grad has shape {out_grad.shape} but the array "
                                  f"has shape {self.shape}; the head gradient must "
                                  f"match it")
+            if out_grad.dtype != self.dtype:
+                out_grad = out_grad.astype(self.dtype)
         return super().backward(out_grad, retain_graph, train_mode)
 
 
@@ -388,10 +393,61 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
         return (scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(),
                 moving_var.detach())
 
+    return fast_train(X, gamma, beta, moving_mean, moving_var, eps, momentum, X.shape)
+
+
+def fast_layer_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+                     moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float,
+                     momentum: float) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Training mode for ``d2lbn.norm.BatchNorm``, which has checked X and owns the
+    vectors (eps and momentum were checked when it was built): the checks the layer
+    has not made, then :func:`fast_train` with ``keep_finite``.
+
+    X: (N, D) or (N, C, H, W); returns ``(Y, new_moving_mean, new_moving_var)``.
+    """
+    shape = X.shape
+    if shape[0] == 0 or any(length == 0 for length in shape[2:]):
+        raise ValueError(f"X must not be empty; got shape {shape}")
+    if len(shape) == 2 and shape[0] == 1 or len(shape) == 4 and shape[0] * shape[2] * \
+            shape[3] == 1:
+        check_batch_norm_args(X, eps, momentum, True, gamma=gamma)   # the clear error
+    if X.dtype == np.float16 and X.context.device_type == "cpu":
+        fast_batch_norm(X, gamma, beta, moving_mean, moving_var, training=True,
+                        eps=eps, momentum=momentum)                # raises TypeError
+    return fast_train(X, gamma, beta, moving_mean, moving_var, eps, momentum, shape,
+                      keep_finite=True)
+
+
+def fast_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+               moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float,
+               momentum: float, shape: Tuple[int, ...], keep_finite: bool = False
+               ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Training mode of :func:`fast_batch_norm`, arguments already checked (``shape`` is
+    X.shape): ``(Y, new_moving_mean, new_moving_var)``.
+
+    Small inputs (at most ``GRAPH_MAX_SIZE`` values) run the compiled graph of
+    ``d2lbn.graph_norm``, where operator dispatch is what costs; larger ones run
+    :class:`BatchNormTrain`, whose closed-form backward makes fewer passes over memory.
+    ``keep_finite``: a channel whose new statistics are not finite keeps the old ones.
+    """
+    size = 1
+    for length in shape:
+        size *= length
+    if size <= graph_norm.GRAPH_MAX_SIZE:
+        Y, new_mean, new_var = graph_norm.graph_train(X, gamma, beta, moving_mean,
+                                                      moving_var, eps, momentum, shape,
+                                                      keep_finite)
+        if autograd.is_recording() and type(Y) is nd.NDArray:    # noqa: E721
+            Y.__class__ = _CheckedOutput           # checks a head gradient's shape
+        return Y, new_mean, new_var
     fn = BatchNormTrain(eps)
     Y = fn(X, gamma, beta)
     with autograd.pause():
         new_mean = moving_average(moving_mean, fn.neg_mean, momentum, negated=True)
         new_var = moving_average(moving_var, fn.var, momentum)
+        if keep_finite:
+            finite = nd.contrib.isfinite(new_mean + new_var)
+            new_mean = nd.where(finite, new_mean, moving_mean)
+            new_var = nd.where(finite, new_var, moving_var)
     return Y, new_mean, new_var
 

@@ -1,4 +1,5 @@
-"""The fast path (d2lbn.fast_norm) against the naive batch_norm, MXNet's BatchNorm and float64 NumPy.
+"""The fast path (d2lbn.fast_norm, both its training paths) against the naive batch_norm, MXNet's
+BatchNorm and float64 NumPy.
 
 Agreement is measured as ``max|ours - theirs| / max|theirs|`` per array, tolerance 1e-5 (float32).
 Gradients are taken under ``autograd.record()`` with a random head gradient dY.
@@ -12,7 +13,7 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from d2lbn import fast_norm, norm
+from d2lbn import fast_norm, graph_norm, norm
 from d2lbn.backward import backward_closed_form
 from d2lbn.fast_norm import (BatchNormTrain, Function, channel_sum, fast_batch_norm, moving_average,
                              scale_shift)
@@ -20,6 +21,15 @@ from d2lbn.norm import BatchNorm, batch_norm
 from conftest import numpy_batch_norm
 
 TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, params=["graph", "function"])
+def path(request, monkeypatch):
+    """Every test runs through both training paths of the fast layer: the compiled graph
+    (d2lbn.graph_norm, which inputs of at most GRAPH_MAX_SIZE values take) and the
+    closed-form Function (larger ones), whatever the size of its input."""
+    monkeypatch.setattr(graph_norm, "GRAPH_MAX_SIZE", 10 ** 12 if request.param == "graph" else 0)
+    return request.param
 # (4, 8, 5, 5) and (2, 16, 6, 6): channel counts that oneDNN stores in blocked layouts (nChw8c/16c)
 SHAPES = [(32, 5), (7, 3), (6, 3, 5, 4), (4, 2, 1, 1), (3, 4, 7, 2), (4, 8, 5, 5), (2, 16, 6, 6)]
 

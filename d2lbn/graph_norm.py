@@ -1,0 +1,153 @@
+"""Batch norm as one compiled MXNet graph: the fast path for small inputs.
+
+On a small input, such as a (256, 128) batch of a dense layer, MXNet's time goes to
+dispatching operators, not to arithmetic: every imperative operator costs tens of
+microseconds before it touches a number, and the closed-form backward of
+:class:`d2lbn.fast_norm.BatchNormTrain` runs as a Python callback on an engine thread,
+which costs more than MXNet's whole fused layer. This module writes the training-mode
+formula once as a *symbolic graph* and hands it to ``mx.nd.CachedOp``, the object
+``HybridBlock.hybridize()`` builds: one call runs every operator of the forward pass,
+with its memory allocated once (``static_alloc``), and autograd differentiates the
+graph in C++, with no Python in the backward pass at all.
+
+Two rules make the graph fast:
+
+* **Sums and broadcasts are matrix products.** The per-channel mean is
+  ``(1/m, ..., 1/m) @ X`` and a per-channel vector v is spread over the batch as the
+  outer product ``ones(N, 1) @ v``. The backward pass of ``dot`` is another ``dot``
+  (a BLAS call), while the backward pass of a broadcasting operator is a reduction that
+  MXNet 1.9.1 runs slowly (``benchmarks/bench_norm.py --graph-profile`` shows both).
+* **No full-size reshape.** A reshape inside a graph copies its data; a 4-D X:
+  (N, C, H, W) is summed with two products (over W, then over H) and a vector is
+  spread back with two outer products, so only small arrays are ever reshaped.
+
+Shapes: X: (N, D) or (N, C, H, W); gamma, beta, moving_mean, moving_var: (D,) or (C,).
+One graph is built (and cached) per shape, dtype, context, eps and momentum.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import mxnet as mx
+import numpy as np
+from mxnet import nd, sym
+
+__all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
+
+#: Inputs with at most this many values take the graph in ``fast_batch_norm``'s training
+#: mode; larger ones take the closed-form backward, whose fewer full-size passes win when
+#: memory traffic, not dispatch, sets the time (measured by ``make bench``; chapter 3's
+#: appendix has the crossover).
+GRAPH_MAX_SIZE = 200_000
+
+def _spread(v: sym.Symbol, ones_n: sym.Symbol, shape: Tuple[int, ...],
+            dtype: str) -> sym.Symbol:
+    """A (1, C) vector laid out over the whole batch, shape ``shape``, by outer products:
+    ones(N, 1) @ v, then (for 4-D) @ ones(1, H) and @ ones(1, W)."""
+    full = sym.dot(ones_n, v)                                           # (N, C)
+    if len(shape) == 4:
+        N, C, H, W = shape
+        full = sym.dot(full.reshape((N, C, 1)), sym.ones((1, H), dtype=dtype))
+        full = sym.dot(full.reshape((N, C, H, 1)), sym.ones((1, W), dtype=dtype))
+    return full
+
+
+def _channel_mean(A: sym.Symbol, mean_weights: sym.Symbol, shape: Tuple[int, ...],
+                  dtype: str) -> sym.Symbol:
+    """Per-channel mean of A: ``shape`` as a (1, C) row: sum over W, then over H, with
+    products by ones, then (1/m, ..., 1/m) @ (N, C)."""
+    if len(shape) == 4:
+        N, C, H, W = shape
+        A = sym.dot(sym.dot(A, sym.ones((W,), dtype=dtype)),
+                    sym.ones((H,), dtype=dtype))                          # (N, C)
+    return sym.dot(mean_weights, A)                                      # (1, C)
+
+
+def batch_norm_graph(shape: Tuple[int, ...], eps: float, momentum: float,
+                     keep_finite: bool = False, dtype: str = "float32") -> sym.Symbol:
+    """The training-mode batch norm of ``d2lbn.norm.batch_norm`` as a graph.
+
+    Inputs (by name): ``X`` of ``shape``, (N, D) or (N, C, H, W); ``gamma``, ``beta``,
+    ``moving_mean``, ``moving_var``: (C,); the constants ``mean_weights``: (1, N) filled
+    with 1/m (m = N or N*H*W values per channel) and ``ones_n``: (N, 1).
+    Outputs: Y (shape of X), the new moving mean and moving variance (C,), the
+    variance biased as in the formula. With ``keep_finite`` a channel whose new
+    statistics are not finite keeps its old ones (what ``d2lbn.norm.BatchNorm`` does).
+    ``dtype``: X's dtype (the constants made inside the graph take it).
+    """
+    X, gamma, beta = sym.var("X"), sym.var("gamma"), sym.var("beta")
+    moving_mean, moving_var = sym.var("moving_mean"), sym.var("moving_var")
+    mean_weights, ones_n = sym.var("mean_weights"), sym.var("ones_n")
+
+    mean = _channel_mean(X, mean_weights, shape, dtype)                  # (1, C)
+    X_centred = X - _spread(mean, ones_n, shape, dtype)
+    var = _channel_mean(sym.square(X_centred), mean_weights, shape, dtype)
+    scale = gamma.reshape((1, -1)) * sym.rsqrt(var + eps)                # gamma / std
+    Y = (X_centred * _spread(scale, ones_n, shape, dtype)
+         + _spread(beta.reshape((1, -1)), ones_n, shape, dtype))
+
+    new_mean = momentum * moving_mean + (1.0 - momentum) * mean.reshape((-1,))
+    new_var = momentum * moving_var + (1.0 - momentum) * var.reshape((-1,))
+    if keep_finite:
+        both = new_mean + new_var
+        finite = (both == both) * (sym.abs(both) != float("inf"))
+        new_mean = sym.where(finite, new_mean, moving_mean)
+        new_var = sym.where(finite, new_var, moving_var)
+    return sym.Group([Y, sym.BlockGrad(new_mean), sym.BlockGrad(new_var)])
+
+
+class _Compiled:
+    """One compiled graph with its argument order and constant inputs."""
+
+    def __init__(self, shape: Tuple[int, ...], dtype, ctx: mx.Context, eps: float,
+                 momentum: float, keep_finite: bool):
+        graph = batch_norm_graph(shape, eps, momentum, keep_finite,
+                                 np.dtype(dtype).name)
+        self.op = nd.CachedOp(graph, flags=[("static_alloc", True),
+                                            ("static_shape", True)])
+        self.names: List[str] = graph.list_arguments()
+        N = shape[0]
+        m = 1
+        for size in shape[:1] + shape[2:]:
+            m *= size
+        self.constants: Dict[str, nd.NDArray] = {
+            "mean_weights": nd.full((1, N), 1.0 / m, ctx=ctx, dtype=dtype),
+            "ones_n": nd.ones((N, 1), ctx=ctx, dtype=dtype)}
+
+
+_COMPILED: "OrderedDict[tuple, _Compiled]" = OrderedDict()
+_MAX_COMPILED = 64
+
+
+def _compiled(shape: Tuple[int, ...], dtype, ctx: mx.Context, eps: float,
+              momentum: float, keep_finite: bool) -> _Compiled:
+    key = (shape, str(dtype), ctx, eps, momentum, keep_finite)
+    entry = _COMPILED.get(key)
+    if entry is None:
+        entry = _Compiled(shape, dtype, ctx, eps, momentum, keep_finite)
+        _COMPILED[key] = entry
+        if len(_COMPILED) > _MAX_COMPILED:        # the least recently built goes
+            _COMPILED.popitem(last=False)
+    return entry
+
+
+def graph_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+                moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float,
+                momentum: float, shape: Tuple[int, ...], keep_finite: bool = False
+                ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Training-mode batch norm through the cached graph: ``(Y, new_moving_mean,
+    new_moving_var)``: Y differentiable by autograd with respect to X, gamma and beta,
+    the moving statistics detached from the graph.
+
+    X: ``shape`` = X.shape, (N, D) or (N, C, H, W) (passed in so that the caller's
+    checks and this call read it once); the vectors (C,) on X's context with X's dtype.
+    The arguments are not checked here: ``d2lbn.fast_norm.fast_batch_norm`` and
+    ``d2lbn.norm.BatchNorm`` check them first.
+    """
+    entry = _compiled(shape, X.dtype, X.context, eps, momentum, keep_finite)
+    feed = {"X": X, "gamma": gamma, "beta": beta, "moving_mean": moving_mean,
+            "moving_var": moving_var}
+    feed.update(entry.constants)
+    Y, new_mean, new_var = entry.op(*[feed[name] for name in entry.names])
+    return Y, new_mean.detach(), new_var.detach()         # no autograd history
