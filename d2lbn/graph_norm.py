@@ -10,16 +10,17 @@ formula once as a *symbolic graph* and hands it to ``mx.nd.CachedOp``, the objec
 with its memory allocated once (``static_alloc``), and autograd differentiates the
 graph in C++, with no Python in the backward pass at all.
 
-Two rules make the graph fast:
+Three rules make the graph fast:
 
-* **Sums and broadcasts are matrix products.** The per-channel mean is
-  ``(1/m, ..., 1/m) @ X`` and a per-channel vector v is spread over the batch as the
-  outer product ``ones(N, 1) @ v``. The backward pass of ``dot`` is another ``dot``
-  (a BLAS call), while the backward pass of a broadcasting operator is a reduction that
-  MXNet 1.9.1 runs slowly (``benchmarks/bench_norm.py --graph-profile`` shows both).
-* **No full-size reshape.** A reshape inside a graph copies its data; a 4-D X:
-  (N, C, H, W) is summed with two products (over W, then over H) and a vector is
-  spread back with two outer products, so only small arrays are ever reshaped.
+* **Sums are matrix products.** The per-channel mean is ``(1/m, ..., 1/m) @ X``; a 4-D
+  X: (N, C, H, W) is first summed over W, then over H, by products with vectors of
+  ones. The backward pass of ``dot`` is another ``dot`` (a BLAS call).
+* **No broadcasting operator.** Its backward pass is a reduction that MXNet 1.9.1 runs
+  slowly. A per-feature vector v meets an (N, D) batch as the outer product
+  ``ones(N, 1) @ v``; a per-channel scale and shift meet an (N, C, H, W) batch as one
+  depthwise 1x1 convolution (oneDNN's kernel), one pass over memory each way.
+* **No full-size reshape.** A reshape inside a graph may copy its data; only
+  per-channel-sized arrays are reshaped.
 
 Shapes: X: (N, D) or (N, C, H, W); gamma, beta, moving_mean, moving_var: (D,) or (C,).
 One graph is built (and cached) per shape, dtype, context, eps and momentum.
@@ -41,16 +42,25 @@ __all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
 #: appendix has the crossover).
 GRAPH_MAX_SIZE = 200_000
 
-def _spread(v: sym.Symbol, ones_n: sym.Symbol, shape: Tuple[int, ...],
-            dtype: str) -> sym.Symbol:
-    """A (1, C) vector laid out over the whole batch, shape ``shape``, by outer products:
-    ones(N, 1) @ v, then (for 4-D) @ ones(1, H) and @ ones(1, W)."""
-    full = sym.dot(ones_n, v)                                           # (N, C)
-    if len(shape) == 4:
-        N, C, H, W = shape
-        full = sym.dot(full.reshape((N, C, 1)), sym.ones((1, H), dtype=dtype))
-        full = sym.dot(full.reshape((N, C, H, 1)), sym.ones((1, W), dtype=dtype))
-    return full
+def _spread(v: sym.Symbol, ones_n: sym.Symbol) -> sym.Symbol:
+    """A (1, D) vector repeated on every row of an (N, D) batch: the outer product
+    ones(N, 1) @ v."""
+    return sym.dot(ones_n, v)
+
+
+def _affine(X: sym.Symbol, scale: sym.Symbol, shift: sym.Symbol, ones_n: sym.Symbol,
+            shape: Tuple[int, ...]) -> sym.Symbol:
+    """``scale[c] * X[:, c] + shift[c]`` for every feature or channel c; scale, shift:
+    (1, C). (N, D): products with the spread rows. (N, C, H, W): one depthwise 1x1
+    convolution (one C-channel filter of size 1 per channel, shift as its bias), one
+    pass over memory each way, where spreading the vectors over H and W would write two
+    full-size arrays."""
+    if len(shape) == 2:
+        return X * _spread(scale, ones_n) + _spread(shift, ones_n)
+    C = shape[1]
+    return sym.Convolution(X, weight=scale.reshape((C, 1, 1, 1)),
+                           bias=shift.reshape((C,)), kernel=(1, 1), num_filter=C,
+                           num_group=C)
 
 
 def _channel_mean(A: sym.Symbol, mean_weights: sym.Symbol, shape: Tuple[int, ...],
@@ -80,12 +90,12 @@ def batch_norm_graph(shape: Tuple[int, ...], eps: float, momentum: float,
     moving_mean, moving_var = sym.var("moving_mean"), sym.var("moving_var")
     mean_weights, ones_n = sym.var("mean_weights"), sym.var("ones_n")
 
+    ones_c = sym.ones((1, shape[1]), dtype=dtype)
     mean = _channel_mean(X, mean_weights, shape, dtype)                  # (1, C)
-    X_centred = X - _spread(mean, ones_n, shape, dtype)
+    X_centred = _affine(X, ones_c, -mean, ones_n, shape)                 # X - mean
     var = _channel_mean(sym.square(X_centred), mean_weights, shape, dtype)
     scale = gamma.reshape((1, -1)) * sym.rsqrt(var + eps)                # gamma / std
-    Y = (X_centred * _spread(scale, ones_n, shape, dtype)
-         + _spread(beta.reshape((1, -1)), ones_n, shape, dtype))
+    Y = _affine(X_centred, scale, beta.reshape((1, -1)), ones_n, shape)
 
     new_mean = momentum * moving_mean + (1.0 - momentum) * mean.reshape((-1,))
     new_var = momentum * moving_var + (1.0 - momentum) * var.reshape((-1,))

@@ -57,14 +57,19 @@ def test_unknown_activation():
         models.get_model("lenet", activation="gelu")
 
 
-@pytest.mark.parametrize("impl", sorted(norm.IMPLEMENTATIONS))
+@pytest.mark.parametrize("impl, path", [(impl, None) for impl in sorted(norm.IMPLEMENTATIONS)
+                                         if impl != "fast"]
+                         + [("fast", "graph"), ("fast", "function")])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])
-def test_scratch_equals_builtin_with_same_weights(activation, impl):
-    """The from-scratch net (each implementation of the layer) and the Gluon net, given identical
-    weights, agree in both modes: outputs, the gradient of every parameter under a softmax
-    cross-entropy loss, and the moving statistics after a training step (Gluon updates them in
-    backward). The second convolution has 16 channels, a multiple of 8, where oneDNN may pick a
-    blocked memory layout."""
+def test_scratch_equals_builtin_with_same_weights(activation, impl, path, monkeypatch):
+    """The from-scratch net (each implementation of the layer, and both training paths of the fast
+    one) and the Gluon net, given identical weights, agree in both modes: outputs, the gradient of
+    every parameter under a softmax cross-entropy loss, and the moving statistics after a training
+    step (Gluon updates them in backward). The second convolution has 16 channels, a multiple of 8,
+    where oneDNN may pick a blocked memory layout (the graph path's depthwise convolutions too)."""
+    from d2lbn import graph_norm
+    if path is not None:
+        monkeypatch.setattr(graph_norm, "GRAPH_MAX_SIZE", 10 ** 12 if path == "graph" else 0)
     mx.random.seed(3)
     ours = initialised("lenet-bn", activation=activation, impl=impl)
     theirs = initialised("lenet-bn-gluon", activation=activation)
