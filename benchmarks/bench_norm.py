@@ -8,33 +8,52 @@ Prints one table, ``case | ours ms | MXNet ms | ratio``:
   ``d2lbn.train.lenet_settings``, batches of 128 as in the book and of 256): LeNet with the
   from-scratch layer (imperative, as the book trains it) against the *hybridized* Gluon LeNet with
   ``gluon.nn.BatchNorm``;
+* the two training paths of the fast layer, each forced, on those inputs and on the four inputs
+  LeNet's batch-norm layers see at batch 128: the compiled graph (``d2lbn.graph_norm``, which
+  inputs of at most ``GRAPH_MAX_SIZE`` values take) and the closed-form ``Function``
+  (``d2lbn.fast_norm``, larger ones);
+* the floor of LeNet-BN's epoch (batch 128 and 256): each of its batch-norm layers timed alone,
+  wall clock and kernel time (MXNet's profiler), ours and MXNet's; the floor is the hybridized
+  Gluon epoch with each of its layers replaced by ours at our kernels' cost, i.e. what would remain
+  if launching operators from Python cost nothing;
 * the cost of ``d2lbn.train.train``'s guards against non-finite values, per training batch of 128 of
   LeNet-BN: the check of each input batch, the parameter check (``find_non_finite``, run every
   ``check_every`` = 50 batches and at each epoch end) and ``BatchNorm``'s masked moving-statistics
   update, against one training step.
 
-Timings are medians of interleaved repetitions, so a busy machine slows both sides alike; ratios from
-the same run are what to compare. About 2-3 minutes on a 2-core CPU (``--quick``: well under one).
+It ends with the speed targets (issue 17) and whether this run met them. Timings are medians of
+interleaved repetitions, so a busy machine slows both sides alike; ratios from the same run are what
+to compare. About 3 minutes on a 2-core CPU (``--quick``: about one).
 
-Usage: python benchmarks/bench_norm.py [--quick] [--reps N] [--no-lenet] [--lenet-naive]
+Usage: python benchmarks/bench_norm.py [--quick] [--reps N] [--no-lenet] [--no-paths] [--no-floor]
+                                      [--lenet-naive]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
+from typing import Dict, Tuple
 
 import mxnet as mx
 from mxnet import init
 
 from mxnet import autograd, gluon, nd
 
-from d2lbn import models
-from d2lbn.timing import Row, compare_layers, format_table, interleaved_ms, train_epoch_seconds
+from d2lbn import graph_norm, models
+from d2lbn.norm import BatchNorm
+from d2lbn.timing import (Row, compare_layers, format_table, interleaved_ms, kernel_ms, layer_step,
+                          train_epoch_seconds)
 from d2lbn.train import fashion_mnist_iters, find_non_finite, lenet_settings
 
 LAYER_SHAPES = [(256, 20, 24, 24), (256, 128)]
+#: what LeNet's four batch-norm layers see at batch 128: after each convolution and dense layer
+LENET_SHAPES = [(128, 6, 24, 24), (128, 16, 8, 8), (128, 120), (128, 84)]
+#: (what, limit): the from-scratch layer on LAYER_SHAPES, and LeNet-BN's epoch, against MXNet's
+TARGETS = {"layer fwd+bwd, conv (256, 20, 24, 24)": 1.5, "layer fwd+bwd, dense (256, 128)": 2.0,
+           "LeNet-BN epoch, batch 128": 1.1, "LeNet-BN epoch, batch 256": 1.1}
 
 
 def lenet_rows(max_batches, naive: bool, repeats: int, batch_size: int) -> list:
@@ -63,6 +82,41 @@ def lenet_rows(max_batches, naive: bool, repeats: int, batch_size: int) -> list:
     return rows
 
 
+def lenet_floor(batch_size: int, reps: int) -> Tuple[str, float]:
+    """What LeNet-BN's from-scratch layers would add to a training step if they cost only their
+    operators' kernels.
+
+    Per batch-norm layer (the four inputs LeNet's layers see at ``batch_size``): the wall-clock time
+    of a forward+backward step, ours and MXNet's, and the kernel time of each (MXNet's profiler,
+    summed over operators). Swapping MXNet's layer for ours adds at least the difference of their
+    kernel times, ``kernels_ours_i - kernels_mxnet_i``, as long as our layer costs no less to launch
+    than MXNet's fused operator inside the hybridized net (it costs more: one compiled graph plus
+    one operator, called from Python). Returns the table and the sum over the four layers (ms per
+    step).
+    """
+    shapes = [(batch_size,) + s[1:] for s in LENET_SHAPES]
+    lines = [f"LeNet-BN's layers, batch {batch_size}: wall-clock ms (medians) and kernel ms (profiler)",
+             f"{'input':<18}{'ours':>8}{'MXNet':>8}{'ours krn':>10}{'MXNet krn':>11}{'krn ratio':>11}",
+             "-" * 66]
+    extra = 0.0
+    for shape in shapes:
+        C = shape[1]
+        X = nd.random.normal(1.0, 2.0, shape=shape)
+        dY = nd.random.normal(shape=shape)
+        ours, theirs = BatchNorm(C, len(shape)), gluon.nn.BatchNorm(in_channels=C)
+        ours.initialize()
+        theirs.initialize()
+        steps = {"ours": layer_step(ours, X, dY), "mxnet": layer_step(theirs, X, dY)}
+        wall = {k: statistics.median(v) for k, v in interleaved_ms(steps, reps=reps, inner=5).items()}
+        kernels = {k: kernel_ms(f, reps=10) for k, f in steps.items()}
+        ratio = kernels["ours"] / kernels["mxnet"]
+        extra += kernels["ours"] - kernels["mxnet"]
+        lines.append(f"{str(shape):<18}{wall['ours']:>8.2f}{wall['mxnet']:>8.2f}{kernels['ours']:>10.2f}"
+                     f"{kernels['mxnet']:>11.2f}{ratio:>10.2f}x")
+    lines.append(f"our layers' extra kernel time: {extra:.2f} ms per training step")
+    return "\n".join(lines), extra
+
+
 def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 50) -> str:
     """Milliseconds of each guard of ``train`` against one LeNet-BN training step (medians of
     interleaved runs), and their share of the step, amortized per batch."""
@@ -86,7 +140,7 @@ def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 5
     def input_check():
         return float(X.sum().asscalar())
 
-    def mask():          # what BatchNorm.forward adds per layer: keep statistics that are not finite
+    def mask():          # the guard of BatchNorm.forward (naive layer, Function path) per layer
         for new_mean, new_var, moving_mean, moving_var in vectors:
             finite = nd.contrib.isfinite(new_mean + new_var)
             nd.where(finite, new_mean, moving_mean, out=moving_mean)
@@ -97,7 +151,7 @@ def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 5
     med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
     per_batch = {"input X, every batch": med["input"],
                  f"parameters, every {check_every} batches": med["params"] / check_every,
-                 "moving-statistics mask, 4 layers": med["mask"]}
+                 "stats mask x4 (not in the graph path)": med["mask"]}
     lines = [f"guards against NaN/inf, LeNet-BN, batch {batch_size}: one training step "
              f"{med['step']:.2f} ms; parameter check {med['params']:.3f} ms per call",
              f"{'guard (per batch)':<40}{'ms':>9}{'share':>9}", "-" * 58]
@@ -113,6 +167,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and 60 LeNet batches")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per layer timing")
     parser.add_argument("--no-lenet", action="store_true", help="skip the LeNet epochs")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the kernel-time floor of LeNet-BN's training step")
+    parser.add_argument("--no-paths", action="store_true",
+                        help="skip the table of the fast layer's two training paths")
     parser.add_argument("--lenet-naive", action="store_true",
                         help="also time the naive layer's LeNet epoch (about 3 minutes more)")
     args = parser.parse_args(argv)
@@ -123,15 +181,49 @@ def main(argv=None) -> int:
           flush=True)
     rows = compare_layers(LAYER_SHAPES, impls=("fast", "naive"), reps=reps)
     print(format_table(rows), flush=True)
+    results = {}
+    for shape, what in zip(LAYER_SHAPES, ("conv", "dense")):
+        results[f"layer fwd+bwd, {what} {shape}"] = next(
+            r.ratio for r in rows if r.case == f"fast layer fwd+bwd {shape}")
+    if not args.no_paths:
+        print(f"\nthe fast layer's two training paths, forced (by default inputs of at most "
+              f"{graph_norm.GRAPH_MAX_SIZE:,} values take the graph):")
+        paths = compare_layers(LAYER_SHAPES + LENET_SHAPES, impls=("fast:graph", "fast:function"),
+                               reps=reps)
+        print(format_table(paths), flush=True)
     print()
     print(nonfinite_check_costs(reps), flush=True)
+    floors = {}
     if not args.no_lenet:
         lenet = []
+        max_batches = 60 if quick else None
         for batch_size in (lenet_settings(quick=False).batch_size, 256):     # the book's, and 256
-            lenet += lenet_rows(60 if quick else None, args.lenet_naive, repeats=1 if quick else 2,
+            lenet += lenet_rows(max_batches, args.lenet_naive, repeats=1 if quick else 2,
                                 batch_size=batch_size)
+            row = lenet[-1 - args.lenet_naive]
+            results[f"LeNet-BN epoch, batch {batch_size}"] = row.ratio
+            if not args.no_floor:
+                table, extra_ms = lenet_floor(batch_size, reps)
+                print()
+                print(table, flush=True)
+                batches = max_batches or -(-60000 // batch_size)
+                floor_s = row.mxnet_ms + extra_ms * batches / 1000      # (this table's unit is s)
+                floors[batch_size] = (floor_s / row.mxnet_ms, row.ours_ms / floor_s)
         print()
         print(format_table(lenet, unit="s"))
+        for batch_size, (floor, above) in floors.items():
+            print(f"floor of the batch-{batch_size} epoch (our layers at their kernels' cost): "
+                  f"{floor:.2f}x; ours is {100 * (above - 1):.0f}% above it")
+    print("\ntargets (from-scratch time / MXNet's, this run):")
+    for what, limit in TARGETS.items():
+        if what in results:
+            verdict = "met" if results[what] <= limit else "missed"
+            print(f"  {what:<40} {results[what]:5.2f}x  (target <= {limit}x)  {verdict}")
+            batch = what.rsplit(" ", 1)[-1]
+            if verdict == "missed" and batch.isdigit() and int(batch) in floors:
+                floor, above = floors[int(batch)]
+                print(f"  {'':<40} floor {floor:.2f}x, ours {100 * (above - 1):.0f}% above it"
+                      f" ({'within' if above <= 1.1 else 'not within'} 10%)")
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
     return 0
 

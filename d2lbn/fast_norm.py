@@ -398,12 +398,14 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
 
 def fast_layer_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                      moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float,
-                     momentum: float) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+                     momentum: float) -> nd.NDArray:
     """Training mode for ``d2lbn.norm.BatchNorm``, which has checked X and owns the
     vectors (eps and momentum were checked when it was built): the checks the layer
-    has not made, then :func:`fast_train` with ``keep_finite``.
+    has not made, then :func:`fast_train` with ``update``. Returns Y; the new moving
+    statistics are written into ``moving_mean`` and ``moving_var`` (a channel whose new
+    ones are not finite keeps its old ones).
 
-    X: (N, D) or (N, C, H, W); returns ``(Y, new_moving_mean, new_moving_var)``.
+    X: (N, D) or (N, C, H, W); Y has X's shape.
     """
     shape = X.shape
     if shape[0] == 0 or any(length == 0 for length in shape[2:]):
@@ -415,12 +417,12 @@ def fast_layer_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
         fast_batch_norm(X, gamma, beta, moving_mean, moving_var, training=True,
                         eps=eps, momentum=momentum)                # raises TypeError
     return fast_train(X, gamma, beta, moving_mean, moving_var, eps, momentum, shape,
-                      keep_finite=True)
+                      update=True)[0]
 
 
 def fast_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float,
-               momentum: float, shape: Tuple[int, ...], keep_finite: bool = False
+               momentum: float, shape: Tuple[int, ...], update: bool = False
                ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
     """Training mode of :func:`fast_batch_norm`, arguments already checked (``shape`` is
     X.shape): ``(Y, new_moving_mean, new_moving_var)``.
@@ -428,7 +430,8 @@ def fast_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     Small inputs (at most ``GRAPH_MAX_SIZE`` values) run the compiled graph of
     ``d2lbn.graph_norm``, where operator dispatch is what costs; larger ones run
     :class:`BatchNormTrain`, whose closed-form backward makes fewer passes over memory.
-    ``keep_finite``: a channel whose new statistics are not finite keeps the old ones.
+    ``update``: write the new statistics into ``moving_mean`` and ``moving_var`` (a
+    channel whose new ones are not finite keeps its old ones) and return those arrays.
     """
     size = 1
     for length in shape:
@@ -436,7 +439,7 @@ def fast_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     if size <= graph_norm.GRAPH_MAX_SIZE:
         Y, new_mean, new_var = graph_norm.graph_train(X, gamma, beta, moving_mean,
                                                       moving_var, eps, momentum, shape,
-                                                      keep_finite)
+                                                      update)
         if autograd.is_recording() and type(Y) is nd.NDArray:    # noqa: E721
             Y.__class__ = _CheckedOutput           # checks a head gradient's shape
         return Y, new_mean, new_var
@@ -445,9 +448,8 @@ def fast_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     with autograd.pause():
         new_mean = moving_average(moving_mean, fn.neg_mean, momentum, negated=True)
         new_var = moving_average(moving_var, fn.var, momentum)
-        if keep_finite:
+        if update:
             finite = nd.contrib.isfinite(new_mean + new_var)
-            new_mean = nd.where(finite, new_mean, moving_mean)
-            new_var = nd.where(finite, new_var, moving_var)
+            new_mean = nd.where(finite, new_mean, moving_mean, out=moving_mean)
+            new_var = nd.where(finite, new_var, moving_var, out=moving_var)
     return Y, new_mean, new_var
-

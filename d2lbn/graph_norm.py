@@ -28,19 +28,20 @@ One graph is built (and cached) per shape, dtype, context, eps and momentum.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
-from mxnet import nd, sym
+from mxnet import autograd, nd, sym
 
 __all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
 
 #: Inputs with at most this many values take the graph in ``fast_batch_norm``'s training
-#: mode; larger ones take the closed-form backward, whose fewer full-size passes win when
-#: memory traffic, not dispatch, sets the time (measured by ``make bench``; chapter 3's
-#: appendix has the crossover).
-GRAPH_MAX_SIZE = 200_000
+#: mode; larger ones take the closed-form backward of ``d2lbn.fast_norm``, which made
+#: fewer passes over memory on (256, 20, 12, 12) and (256, 20, 24, 24) here, while the
+#: graph won on every LeNet batch up to (256, 6, 24, 24)
+#: (``benchmarks/bench_norm.py --paths`` times both).
+GRAPH_MAX_SIZE = 1_000_000
 
 def _spread(v: sym.Symbol, ones_n: sym.Symbol) -> sym.Symbol:
     """A (1, D) vector repeated on every row of an (N, D) batch: the outer product
@@ -48,16 +49,19 @@ def _spread(v: sym.Symbol, ones_n: sym.Symbol) -> sym.Symbol:
     return sym.dot(ones_n, v)
 
 
-def _affine(X: sym.Symbol, scale: sym.Symbol, shift: sym.Symbol, ones_n: sym.Symbol,
-            shape: Tuple[int, ...]) -> sym.Symbol:
+def _affine(X: sym.Symbol, scale: Optional[sym.Symbol], shift: sym.Symbol,
+            ones_n: sym.Symbol, shape: Tuple[int, ...], dtype: str) -> sym.Symbol:
     """``scale[c] * X[:, c] + shift[c]`` for every feature or channel c; scale, shift:
-    (1, C). (N, D): products with the spread rows. (N, C, H, W): one depthwise 1x1
-    convolution (one C-channel filter of size 1 per channel, shift as its bias), one
-    pass over memory each way, where spreading the vectors over H and W would write two
-    full-size arrays."""
+    (1, C), scale None for 1. (N, D): products with the spread rows. (N, C, H, W): one
+    depthwise 1x1 convolution (one C-channel filter of size 1 per channel, shift as its
+    bias), one pass over memory each way, where spreading the vectors over H and W would
+    write two full-size arrays."""
     if len(shape) == 2:
-        return X * _spread(scale, ones_n) + _spread(shift, ones_n)
+        scaled = X if scale is None else X * _spread(scale, ones_n)
+        return scaled + _spread(shift, ones_n)
     C = shape[1]
+    if scale is None:
+        scale = sym.ones((1, C), dtype=dtype)
     return sym.Convolution(X, weight=scale.reshape((C, 1, 1, 1)),
                            bias=shift.reshape((C,)), kernel=(1, 1), num_filter=C,
                            num_group=C)
@@ -75,44 +79,45 @@ def _channel_mean(A: sym.Symbol, mean_weights: sym.Symbol, shape: Tuple[int, ...
 
 
 def batch_norm_graph(shape: Tuple[int, ...], eps: float, momentum: float,
-                     keep_finite: bool = False, dtype: str = "float32") -> sym.Symbol:
+                     for_layer: bool = False, dtype: str = "float32") -> sym.Symbol:
     """The training-mode batch norm of ``d2lbn.norm.batch_norm`` as a graph.
 
     Inputs (by name): ``X`` of ``shape``, (N, D) or (N, C, H, W); ``gamma``, ``beta``,
     ``moving_mean``, ``moving_var``: (C,); the constants ``mean_weights``: (1, N) filled
     with 1/m (m = N or N*H*W values per channel) and ``ones_n``: (N, 1).
     Outputs: Y (shape of X), the new moving mean and moving variance (C,), the
-    variance biased as in the formula. With ``keep_finite`` a channel whose new
-    statistics are not finite keeps its old ones (what ``d2lbn.norm.BatchNorm`` does).
+    variance biased as in the formula. ``for_layer``: the graph ``d2lbn.norm.BatchNorm``
+    runs, where a channel whose new statistics are not finite keeps its old ones and
+    the two come out stacked, (2, C), for one operator to write them back.
     ``dtype``: X's dtype (the constants made inside the graph take it).
     """
     X, gamma, beta = sym.var("X"), sym.var("gamma"), sym.var("beta")
     moving_mean, moving_var = sym.var("moving_mean"), sym.var("moving_var")
     mean_weights, ones_n = sym.var("mean_weights"), sym.var("ones_n")
 
-    ones_c = sym.ones((1, shape[1]), dtype=dtype)
     mean = _channel_mean(X, mean_weights, shape, dtype)                  # (1, C)
-    X_centred = _affine(X, ones_c, -mean, ones_n, shape)                 # X - mean
+    X_centred = _affine(X, None, -mean, ones_n, shape, dtype)            # X - mean
     var = _channel_mean(sym.square(X_centred), mean_weights, shape, dtype)
     scale = gamma.reshape((1, -1)) * sym.rsqrt(var + eps)                # gamma / std
-    Y = _affine(X_centred, scale, beta.reshape((1, -1)), ones_n, shape)
+    Y = _affine(X_centred, scale, beta.reshape((1, -1)), ones_n, shape, dtype)
 
     new_mean = momentum * moving_mean + (1.0 - momentum) * mean.reshape((-1,))
     new_var = momentum * moving_var + (1.0 - momentum) * var.reshape((-1,))
-    if keep_finite:
-        both = new_mean + new_var
-        finite = (both == both) * (sym.abs(both) != float("inf"))
-        new_mean = sym.where(finite, new_mean, moving_mean)
-        new_var = sym.where(finite, new_var, moving_var)
-    return sym.Group([Y, sym.BlockGrad(new_mean), sym.BlockGrad(new_var)])
+    if not for_layer:
+        return sym.Group([Y, sym.BlockGrad(new_mean), sym.BlockGrad(new_var)])
+    both = new_mean + new_var
+    finite = (both == both) * (sym.abs(both) != float("inf"))
+    new_stats = sym.stack(sym.where(finite, new_mean, moving_mean),
+                          sym.where(finite, new_var, moving_var))
+    return sym.Group([Y, sym.BlockGrad(new_stats)])
 
 
 class _Compiled:
     """One compiled graph with its argument order and constant inputs."""
 
     def __init__(self, shape: Tuple[int, ...], dtype, ctx: mx.Context, eps: float,
-                 momentum: float, keep_finite: bool):
-        graph = batch_norm_graph(shape, eps, momentum, keep_finite,
+                 momentum: float, for_layer: bool):
+        graph = batch_norm_graph(shape, eps, momentum, for_layer,
                                  np.dtype(dtype).name)
         self.op = nd.CachedOp(graph, flags=[("static_alloc", True),
                                             ("static_shape", True)])
@@ -131,11 +136,11 @@ _MAX_COMPILED = 64
 
 
 def _compiled(shape: Tuple[int, ...], dtype, ctx: mx.Context, eps: float,
-              momentum: float, keep_finite: bool) -> _Compiled:
-    key = (shape, str(dtype), ctx, eps, momentum, keep_finite)
+              momentum: float, for_layer: bool) -> _Compiled:
+    key = (shape, dtype, ctx, eps, momentum, for_layer)
     entry = _COMPILED.get(key)
     if entry is None:
-        entry = _Compiled(shape, dtype, ctx, eps, momentum, keep_finite)
+        entry = _Compiled(shape, dtype, ctx, eps, momentum, for_layer)
         _COMPILED[key] = entry
         if len(_COMPILED) > _MAX_COMPILED:        # the least recently built goes
             _COMPILED.popitem(last=False)
@@ -144,20 +149,30 @@ def _compiled(shape: Tuple[int, ...], dtype, ctx: mx.Context, eps: float,
 
 def graph_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                 moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float,
-                momentum: float, shape: Tuple[int, ...], keep_finite: bool = False
+                momentum: float, shape: Tuple[int, ...], update: bool = False
                 ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
     """Training-mode batch norm through the cached graph: ``(Y, new_moving_mean,
     new_moving_var)``: Y differentiable by autograd with respect to X, gamma and beta,
-    the moving statistics detached from the graph.
+    the moving statistics detached from the graph. With ``update`` (what
+    ``d2lbn.norm.BatchNorm`` does) the new statistics are written into ``moving_mean``
+    and ``moving_var`` (a channel whose new ones are not finite keeps its old ones), and
+    those two arrays are returned.
 
     X: ``shape`` = X.shape, (N, D) or (N, C, H, W) (passed in so that the caller's
     checks and this call read it once); the vectors (C,) on X's context with X's dtype.
     The arguments are not checked here: ``d2lbn.fast_norm.fast_batch_norm`` and
     ``d2lbn.norm.BatchNorm`` check them first.
     """
-    entry = _compiled(shape, X.dtype, X.context, eps, momentum, keep_finite)
+    entry = _compiled(shape, X.dtype, X.context, eps, momentum, update)
     feed = {"X": X, "gamma": gamma, "beta": beta, "moving_mean": moving_mean,
             "moving_var": moving_var}
     feed.update(entry.constants)
-    Y, new_mean, new_var = entry.op(*[feed[name] for name in entry.names])
-    return Y, new_mean.detach(), new_var.detach()         # no autograd history
+    outputs = entry.op(*[feed[name] for name in entry.names])
+    if not update:
+        Y, new_mean, new_var = outputs
+        return Y, new_mean.detach(), new_var.detach()      # no autograd history
+    Y, new_stats = outputs
+    with autograd.pause():                                 # one operator, two writes
+        nd.split(new_stats, axis=0, num_outputs=2, squeeze_axis=True,
+                 out=[moving_mean, moving_var])
+    return Y, moving_mean, moving_var

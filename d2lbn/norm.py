@@ -193,14 +193,9 @@ class BatchNorm(nn.Block):
         training = autograd.is_training()
         if training and self._fn is fast_batch_norm:
             # The fast path (appendix "Making it fast in MXNet"): same checks and
-            # results, with the guard below done inside it.
-            Y, new_mean, new_var = fast_layer_train(X, gamma, self.beta.data(ctx),
-                                                    moving_mean, moving_var,
-                                                    self.eps, self.momentum)
-            with autograd.pause():
-                new_mean.copyto(moving_mean)
-                new_var.copyto(moving_var)
-            return Y
+            # results, with the update and the guard below done inside it.
+            return fast_layer_train(X, gamma, self.beta.data(ctx), moving_mean,
+                                    moving_var, self.eps, self.momentum)
         Y, new_mean, new_var = self._fn(X, gamma, self.beta.data(ctx), moving_mean,
                                         moving_var, training=training, eps=self.eps,
                                         momentum=self.momentum)

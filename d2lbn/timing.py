@@ -17,8 +17,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-__all__ = ["interleaved_ms", "layer_step", "Row", "format_table", "compare_layers",
-           "operator_profile", "train_epoch_seconds"]
+__all__ = ["interleaved_ms", "layer_step", "Row", "format_table", "on_path", "compare_layers",
+           "operator_profile", "kernel_ms", "train_epoch_seconds"]
 
 
 def interleaved_ms(fns: Dict[str, Callable[[], object]], reps: int = 15, inner: int = 1,
@@ -82,12 +82,32 @@ def format_table(rows: Sequence[Row], unit: str = "ms") -> str:
     return "\n".join(lines)
 
 
+def on_path(step: Callable[[], None], path: str) -> Callable[[], None]:
+    """``step`` with the fast layer's training path forced: ``'graph'`` (the compiled graph of
+    ``d2lbn.graph_norm``) or ``'function'`` (the closed-form ``Function`` of ``d2lbn.fast_norm``),
+    whatever the size of the input; the size limit is restored after each call."""
+    from . import graph_norm
+    if path not in ("graph", "function"):
+        raise ValueError(f"path must be 'graph' or 'function'; got {path!r}")
+    limit = 2 ** 62 if path == "graph" else 0
+
+    def forced() -> None:
+        saved, graph_norm.GRAPH_MAX_SIZE = graph_norm.GRAPH_MAX_SIZE, limit
+        try:
+            step()
+        finally:
+            graph_norm.GRAPH_MAX_SIZE = saved
+    return forced
+
+
 def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("fast",), reps: int = 15,
                    ctx: Optional[mx.Context] = None, seed: int = 0) -> List[Row]:
     """Forward+backward time of ``d2lbn.norm.BatchNorm(impl=...)`` against ``gluon.nn.BatchNorm``.
 
     For every shape (N, D) or (N, C, H, W) and every implementation name, one :class:`Row`; all
-    layers of one shape are timed interleaved on the same input and head gradient.
+    layers of one shape are timed interleaved on the same input and head gradient. The names
+    ``'fast:graph'`` and ``'fast:function'`` time the fast layer with its training path forced
+    (:func:`on_path`).
     """
     from .norm import BatchNorm
     ctx = ctx or mx.cpu()
@@ -101,9 +121,10 @@ def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("f
         theirs.initialize(ctx=ctx)
         fns = {"mxnet": layer_step(theirs, X, dY)}
         for impl in impls:
-            ours = BatchNorm(C, len(shape), impl=impl)
+            name, _, path = impl.partition(":")
+            ours = BatchNorm(C, len(shape), impl=name)
             ours.initialize(ctx=ctx)
-            fns[impl] = layer_step(ours, X, dY)
+            fns[impl] = layer_step(ours, X, dY) if not path else on_path(layer_step(ours, X, dY), path)
         # the per-call cost decides how many calls make one measurement (keep each >= ~5 ms)
         probe = interleaved_ms({"mxnet": fns["mxnet"]}, reps=3, inner=1)["mxnet"]
         inner = max(1, int(5.0 / max(statistics.median(probe), 1e-3)))
@@ -143,6 +164,14 @@ def operator_profile(fn: Callable[[], object], reps: int = 5, top: int = 10
             stats.append((name, round(count / reps), total / reps))
     stats.sort(key=lambda s: -s[2])
     return stats[:top]
+
+
+def kernel_ms(fn: Callable[[], object], reps: int = 5) -> float:
+    """Milliseconds per call of ``fn`` that its operators spend computing, summed over every
+    operator MXNet's profiler lists (:func:`operator_profile`): the time left if launching operators
+    from Python cost nothing. (The profiler slows the kernels a little too; compare two such sums,
+    not a sum with a wall-clock time.)"""
+    return sum(ms for _, _, ms in operator_profile(fn, reps=reps, top=1_000_000))
 
 
 def train_epoch_seconds(net: gluon.Block, train_iter, lr: float = 0.05, momentum: float = 0.9,

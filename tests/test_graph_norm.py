@@ -17,7 +17,7 @@ def test_no_full_size_reshape_or_broadcast(shape):
     """A reshape inside a graph may copy its data and a broadcasting operator's backward pass is a slow
     reduction: the graph reshapes only per-channel-sized arrays and broadcasts nothing (4-D input
     meets its per-channel scale and shift in a depthwise 1x1 convolution)."""
-    graph = batch_norm_graph(shape, 1e-5, 0.9, keep_finite=True)
+    graph = batch_norm_graph(shape, 1e-5, 0.9, for_layer=True)
     internals = graph.get_internals()
     C = shape[1]
     arg_shapes = dict(X=shape, gamma=(C,), beta=(C,), moving_mean=(C,), moving_var=(C,),

@@ -10,7 +10,7 @@ from mxnet import gluon, nd
 matplotlib.use("Agg")
 
 from d2lbn.backward import GRAPH_EDGES, GRAPH_NODES, draw_graph
-from d2lbn.timing import (Row, compare_layers, format_table, interleaved_ms, layer_step,
+from d2lbn.timing import (Row, compare_layers, format_table, interleaved_ms, kernel_ms, layer_step, on_path,
                           operator_profile, train_epoch_seconds)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -87,6 +87,33 @@ def test_benchmark_script_runs(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.LAYER_SHAPES = [(16, 4), (4, 3, 5, 5)]
+    bench.LENET_SHAPES = [(8, 3, 4, 4), (8, 5)]
     assert bench.main(["--quick", "--no-lenet", "--reps", "1"]) == 0
     out = capsys.readouterr().out
     assert "fast layer fwd+bwd (4, 3, 5, 5)" in out and "ratio" in out
+    assert "fast:graph layer fwd+bwd (8, 5)" in out and "fast:function layer fwd+bwd (8, 5)" in out
+    assert "layer fwd+bwd, dense (16, 4)" not in out          # the targets name the book's shapes only
+
+
+def test_on_path_forces_a_path_and_restores_the_limit(monkeypatch):
+    from d2lbn import fast_norm, graph_norm
+    calls = []
+    monkeypatch.setattr(graph_norm, "graph_train", lambda *a, **k: calls.append("graph") or
+                        (nd.zeros((4, 3)), nd.zeros(3), nd.zeros(3)))
+    monkeypatch.setattr(fast_norm, "BatchNormTrain", lambda eps: calls.append("function") or
+                        (_ for _ in ()).throw(RuntimeError("stop")))
+    X, v = nd.ones((4, 3)), nd.ones(3)
+    limit = graph_norm.GRAPH_MAX_SIZE
+    on_path(lambda: fast_norm.fast_batch_norm(X, v, v, v, v, training=True), "graph")()
+    with pytest.raises(RuntimeError, match="stop"):
+        on_path(lambda: fast_norm.fast_batch_norm(X, v, v, v, v, training=True), "function")()
+    assert calls == ["graph", "function"] and graph_norm.GRAPH_MAX_SIZE == limit
+    with pytest.raises(ValueError, match="path must be 'graph' or 'function'"):
+        on_path(lambda: None, "fast")
+
+
+def test_kernel_ms_sums_every_operator():
+    X = nd.random.normal(shape=(128, 128))
+    one = kernel_ms(lambda: nd.dot(X, X), reps=3)
+    two = kernel_ms(lambda: (nd.dot(X, X), nd.dot(X.T, X)), reps=3)
+    assert 0 < one < two
