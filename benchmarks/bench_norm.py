@@ -32,10 +32,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
-from typing import Dict, Tuple
+from typing import Tuple
 
 import mxnet as mx
 from mxnet import init
@@ -43,9 +42,8 @@ from mxnet import init
 from mxnet import autograd, gluon, nd
 
 from d2lbn import graph_norm, models
-from d2lbn.norm import BatchNorm
-from d2lbn.timing import (Row, compare_layers, format_table, interleaved_ms, kernel_ms, layer_step,
-                          train_epoch_seconds)
+from d2lbn.timing import (Row, compare_layers, extra_kernel_ms, format_kernel_table, format_table,
+                          interleaved_ms, kernel_rows, train_epoch_seconds)
 from d2lbn.train import fashion_mnist_iters, find_non_finite, lenet_settings
 
 LAYER_SHAPES = [(256, 20, 24, 24), (256, 128)]
@@ -83,38 +81,14 @@ def lenet_rows(max_batches, naive: bool, repeats: int, batch_size: int) -> list:
 
 
 def lenet_floor(batch_size: int, reps: int) -> Tuple[str, float]:
-    """What LeNet-BN's from-scratch layers would add to a training step if they cost only their
-    operators' kernels.
-
-    Per batch-norm layer (the four inputs LeNet's layers see at ``batch_size``): the wall-clock time
-    of a forward+backward step, ours and MXNet's, and the kernel time of each (MXNet's profiler,
-    summed over operators). Swapping MXNet's layer for ours adds at least the difference of their
-    kernel times, ``kernels_ours_i - kernels_mxnet_i``, as long as our layer costs no less to launch
-    than MXNet's fused operator inside the hybridized net (it costs more: one compiled graph plus
-    one operator, called from Python). Returns the table and the sum over the four layers (ms per
-    step).
-    """
-    shapes = [(batch_size,) + s[1:] for s in LENET_SHAPES]
-    lines = [f"LeNet-BN's layers, batch {batch_size}: wall-clock ms (medians) and kernel ms (profiler)",
-             f"{'input':<18}{'ours':>8}{'MXNet':>8}{'ours krn':>10}{'MXNet krn':>11}{'krn ratio':>11}",
-             "-" * 66]
-    extra = 0.0
-    for shape in shapes:
-        C = shape[1]
-        X = nd.random.normal(1.0, 2.0, shape=shape)
-        dY = nd.random.normal(shape=shape)
-        ours, theirs = BatchNorm(C, len(shape)), gluon.nn.BatchNorm(in_channels=C)
-        ours.initialize()
-        theirs.initialize()
-        steps = {"ours": layer_step(ours, X, dY), "mxnet": layer_step(theirs, X, dY)}
-        wall = {k: statistics.median(v) for k, v in interleaved_ms(steps, reps=reps, inner=5).items()}
-        kernels = {k: kernel_ms(f, reps=10) for k, f in steps.items()}
-        ratio = kernels["ours"] / kernels["mxnet"]
-        extra += kernels["ours"] - kernels["mxnet"]
-        lines.append(f"{str(shape):<18}{wall['ours']:>8.2f}{wall['mxnet']:>8.2f}{kernels['ours']:>10.2f}"
-                     f"{kernels['mxnet']:>11.2f}{ratio:>10.2f}x")
-    lines.append(f"our layers' extra kernel time: {extra:.2f} ms per training step")
-    return "\n".join(lines), extra
+    """What LeNet-BN's from-scratch layers add to a training step at least: the table of
+    ``d2lbn.timing.kernel_rows`` on the four inputs its batch-norm layers see at ``batch_size``, and
+    ``extra_kernel_ms`` of it (ms per step)."""
+    rows = kernel_rows([(batch_size,) + s[1:] for s in LENET_SHAPES], reps=reps)
+    extra = extra_kernel_ms(rows)
+    return (f"LeNet-BN's layers, batch {batch_size}: wall-clock ms (medians) and kernel ms (profiler)\n"
+            f"{format_kernel_table(rows)}\nour layers' extra kernel time: {extra:.2f} ms per training "
+            f"step"), extra
 
 
 def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 50) -> str:

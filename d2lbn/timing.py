@@ -18,7 +18,8 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 __all__ = ["interleaved_ms", "layer_step", "Row", "format_table", "on_path", "compare_layers",
-           "operator_profile", "kernel_ms", "train_epoch_seconds"]
+           "operator_profile", "kernel_ms", "KernelRow", "kernel_rows", "extra_kernel_ms",
+           "format_kernel_table", "train_epoch_seconds"]
 
 
 def interleaved_ms(fns: Dict[str, Callable[[], object]], reps: int = 15, inner: int = 1,
@@ -172,6 +173,65 @@ def kernel_ms(fn: Callable[[], object], reps: int = 5) -> float:
     from Python cost nothing. (The profiler slows the kernels a little too; compare two such sums,
     not a sum with a wall-clock time.)"""
     return sum(ms for _, _, ms in operator_profile(fn, reps=reps, top=1_000_000))
+
+
+@dataclass
+class KernelRow:
+    """One batch-norm input: wall-clock ms of a forward+backward step (medians) and kernel ms (MXNet's
+    profiler, summed over operators), for the from-scratch layer (``ours``) and MXNet's."""
+    shape: Tuple[int, ...]
+    ours_ms: float
+    mxnet_ms: float
+    ours_kernel_ms: float
+    mxnet_kernel_ms: float
+
+    @property
+    def kernel_ratio(self) -> float:
+        return self.ours_kernel_ms / self.mxnet_kernel_ms
+
+
+def kernel_rows(shapes: Iterable[Tuple[int, ...]], reps: int = 9, ctx: Optional[mx.Context] = None,
+                seed: int = 0) -> List[KernelRow]:
+    """Wall-clock and kernel time of ``d2lbn.norm.BatchNorm`` (default implementation) and
+    ``gluon.nn.BatchNorm`` on each input shape, (N, D) or (N, C, H, W), training mode.
+
+    Swapping MXNet's layer for ours in a network adds at least the difference of the kernel times,
+    as long as ours costs no less to launch (one compiled graph and one more operator, called from
+    Python, against one fused operator): :func:`extra_kernel_ms`.
+    """
+    from .norm import BatchNorm
+    ctx = ctx or mx.cpu()
+    rows = []
+    for shape in shapes:
+        mx.random.seed(seed)
+        C = shape[1]
+        X = nd.random.normal(1.0, 2.0, shape=shape, ctx=ctx)
+        dY = nd.random.normal(shape=shape, ctx=ctx)
+        ours, theirs = BatchNorm(C, len(shape)), gluon.nn.BatchNorm(in_channels=C)
+        ours.initialize(ctx=ctx)
+        theirs.initialize(ctx=ctx)
+        steps = {"ours": layer_step(ours, X, dY), "mxnet": layer_step(theirs, X, dY)}
+        wall = {k: statistics.median(v) for k, v in interleaved_ms(steps, reps=reps, inner=5).items()}
+        kernels = {k: kernel_ms(f, reps=10) for k, f in steps.items()}
+        rows.append(KernelRow(tuple(shape), wall["ours"], wall["mxnet"], kernels["ours"],
+                              kernels["mxnet"]))
+    return rows
+
+
+def extra_kernel_ms(rows: Sequence[KernelRow]) -> float:
+    """The least time the from-scratch layers of ``rows`` add to a training step over MXNet's: the
+    sum of their kernel-time differences (ms)."""
+    return sum(r.ours_kernel_ms - r.mxnet_kernel_ms for r in rows)
+
+
+def format_kernel_table(rows: Sequence[KernelRow]) -> str:
+    """A plain-text table of :func:`kernel_rows`."""
+    lines = [f"{'input':<18}{'ours ms':>9}{'MXNet ms':>10}{'ours krn':>10}{'MXNet krn':>11}"
+             f"{'krn ratio':>11}", "-" * 69]
+    for r in rows:
+        lines.append(f"{str(r.shape):<18}{r.ours_ms:>9.2f}{r.mxnet_ms:>10.2f}{r.ours_kernel_ms:>10.2f}"
+                     f"{r.mxnet_kernel_ms:>11.2f}{r.kernel_ratio:>10.2f}x")
+    return "\n".join(lines)
 
 
 def train_epoch_seconds(net: gluon.Block, train_iter, lr: float = 0.05, momentum: float = 0.9,

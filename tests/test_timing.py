@@ -10,7 +10,8 @@ from mxnet import gluon, nd
 matplotlib.use("Agg")
 
 from d2lbn.backward import GRAPH_EDGES, GRAPH_NODES, draw_graph
-from d2lbn.timing import (Row, compare_layers, format_table, interleaved_ms, kernel_ms, layer_step, on_path,
+from d2lbn.timing import (KernelRow, Row, compare_layers, extra_kernel_ms, format_kernel_table,
+                          format_table, interleaved_ms, kernel_ms, kernel_rows, layer_step, on_path,
                           operator_profile, train_epoch_seconds)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -117,3 +118,14 @@ def test_kernel_ms_sums_every_operator():
     one = kernel_ms(lambda: nd.dot(X, X), reps=3)
     two = kernel_ms(lambda: (nd.dot(X, X), nd.dot(X.T, X)), reps=3)
     assert 0 < one < two
+
+
+def test_kernel_rows_and_the_extra_kernel_time():
+    rows = kernel_rows([(16, 4), (4, 3, 5, 5)], reps=1)
+    assert [r.shape for r in rows] == [(16, 4), (4, 3, 5, 5)]
+    assert all(min(r.ours_ms, r.mxnet_ms, r.ours_kernel_ms, r.mxnet_kernel_ms) > 0 for r in rows)
+    assert extra_kernel_ms(rows) == pytest.approx(sum(r.ours_kernel_ms - r.mxnet_kernel_ms for r in rows))
+    made_up = [KernelRow((2, 3), 5.0, 2.0, 3.0, 1.0), KernelRow((2, 4), 1.0, 1.0, 0.5, 1.0)]
+    assert extra_kernel_ms(made_up) == pytest.approx(1.5) and made_up[0].kernel_ratio == 3.0
+    table = format_kernel_table(made_up).splitlines()
+    assert table[2].startswith("(2, 3)") and table[2].endswith("3.00x")
