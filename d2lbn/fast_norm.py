@@ -2,7 +2,7 @@
 reductions done fast.
 
 ``fast_batch_norm`` has the signature and the results of ``d2lbn.norm.batch_norm``; only
-the way it computes differs. Three changes make it fast (chapter 3 measures them):
+the way it computes differs. Three changes make it fast (an appendix measures them):
 
 1. **The closed-form backward.** In training mode the forward pass runs inside an
    ``autograd.Function`` (:class:`BatchNormTrain`), whose ``backward`` evaluates the
@@ -17,6 +17,12 @@ the way it computes differs. Three changes make it fast (chapter 3 measures them
    per-channel scaling as a broadcast along the rows of that matrix, and results written
    into buffers already owned (``out=``), because every new full-size array costs an
    allocation whose first touch is slow.
+
+That is the path for large inputs. On small ones launching operators, and above all the
+Python callback of the backward pass, is what costs; inputs of at most
+``d2lbn.graph_norm.GRAPH_MAX_SIZE`` values train through one compiled graph instead
+(``d2lbn.graph_norm``; :func:`fast_train` chooses). The appendix "Making it fast in
+MXNet" times both.
 
 Shapes: X: (N, D) or (N, C, H, W); every per-feature vector is (D,) or (C,). float32 on
 any context.
@@ -378,9 +384,10 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     ``autograd.record()``.
 
     X: (N, D) or (N, C, H, W), float32 (or float64); gamma, beta, moving_mean,
-    moving_var: (D,) or (C,) on X's context. Training mode runs :class:`BatchNormTrain`
-    (closed-form backward); inference mode is one :func:`scale_shift`, which autograd
-    differentiates directly.
+    moving_var: (D,) or (C,) on X's context. Training mode runs :func:`fast_train`
+    (the compiled graph of ``d2lbn.graph_norm`` for small inputs, :class:`BatchNormTrain`
+    with its closed-form backward for large ones); inference mode is one
+    :func:`scale_shift`, which autograd differentiates directly.
     """
     check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
                                 moving_mean=moving_mean, moving_var=moving_var)
