@@ -37,11 +37,13 @@ from mxnet import autograd, nd, sym
 __all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
 
 #: Inputs with at most this many values take the graph in ``fast_batch_norm``'s training
-#: mode; larger ones take the closed-form backward of ``d2lbn.fast_norm``, which made
-#: fewer passes over memory on (256, 20, 12, 12) and (256, 20, 24, 24) here, while the
-#: graph won on every LeNet batch up to (256, 6, 24, 24)
-#: (``benchmarks/bench_norm.py --paths`` times both).
+#: mode; larger ones take the closed-form backward of ``d2lbn.fast_norm``. On the book's
+#: 2-core CPU the graph was clearly faster on every input of LeNet's batch-norm layers up
+#: to (256, 6, 24, 24), and the two were within about 10% of each other on
+#: (256, 20, 12, 12) and (256, 20, 24, 24), the closed form ahead in most runs
+#: (``benchmarks/bench_norm.py`` times both paths on every run).
 GRAPH_MAX_SIZE = 1_000_000
+
 
 def _spread(v: sym.Symbol, ones_n: sym.Symbol) -> sym.Symbol:
     """A (1, D) vector repeated on every row of an (N, D) batch: the outer product
