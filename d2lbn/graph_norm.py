@@ -39,9 +39,9 @@ __all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
 #: Inputs with at most this many values take the graph in ``fast_batch_norm``'s training
 #: mode; larger ones take the closed-form backward of ``d2lbn.fast_norm``. On the book's
 #: 2-core CPU the graph was clearly faster on every input of LeNet's batch-norm layers up
-#: to (256, 6, 24, 24), and the two were within about 10% of each other on
-#: (256, 20, 12, 12) and (256, 20, 24, 24), the closed form ahead in most runs
-#: (``benchmarks/bench_norm.py`` times both paths on every run).
+#: to (256, 6, 24, 24), while on (256, 20, 12, 12) and (256, 20, 24, 24) the closed form
+#: was ahead in most runs, by up to a sixth (``benchmarks/bench_norm.py`` times both
+#: paths on every run).
 GRAPH_MAX_SIZE = 1_000_000
 
 
