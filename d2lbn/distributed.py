@@ -533,8 +533,14 @@ def lockstep_reference(initial: Sequence[np.ndarray], X: nd.NDArray, y: nd.NDArr
                        lr: float = 0.1) -> List[np.ndarray]:
     """The same ``steps`` SGD steps in one process on the whole batches
     (``d2lbn.models.lenet_bn``, starting from the parameters ``initial``, in
-    ``collect_params()`` order); returns the final ones."""
+    ``collect_params()`` order); returns the final ones.
+
+    The layers take the closed-form ``Function`` whatever the batch size (not the
+    compiled graph the fast layer uses for small inputs): its backward pass is the one
+    :class:`KVStoreBatchNormTrain` evaluates, so that a difference measures the
+    synchronisation rather than two orders of rounding, which a few steps amplify."""
     from . import models
+    from .graph_norm import graph_path
     net = models.lenet_bn()
     net.initialize()
     with autograd.predict_mode():
@@ -546,14 +552,14 @@ def lockstep_reference(initial: Sequence[np.ndarray], X: nd.NDArray, y: nd.NDArr
         p.set_data(nd.array(a))
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    for t in range(steps):
-        Xt, yt = (X[t * batch_size:(t + 1) * batch_size],
-                  y[t * batch_size:(t + 1) * batch_size])
-
-        with autograd.record():
-            l = loss_fn(net(Xt), yt)
-        l.backward()
-        trainer.step(batch_size)
+    with graph_path(False):
+        for t in range(steps):
+            Xt, yt = (X[t * batch_size:(t + 1) * batch_size],
+                      y[t * batch_size:(t + 1) * batch_size])
+            with autograd.record():
+                l = loss_fn(net(Xt), yt)
+            l.backward()
+            trainer.step(batch_size)
     return _parameters(net)
 
 

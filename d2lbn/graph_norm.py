@@ -28,13 +28,14 @@ One graph is built (and cached) per shape, dtype, context, eps and momentum.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
 from mxnet import autograd, nd, sym
 
-__all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
+__all__ = ["batch_norm_graph", "graph_train", "graph_path", "GRAPH_MAX_SIZE"]
 
 #: Inputs with at most this many values take the graph in ``fast_batch_norm``'s training
 #: mode; larger ones take the closed-form backward of ``d2lbn.fast_norm``. On the book's
@@ -43,6 +44,19 @@ __all__ = ["batch_norm_graph", "graph_train", "GRAPH_MAX_SIZE"]
 #: was ahead in most runs, by up to a sixth (``benchmarks/bench_norm.py`` times both
 #: paths on every run).
 GRAPH_MAX_SIZE = 1_000_000
+
+
+@contextmanager
+def graph_path(enabled: bool) -> Iterator[None]:
+    """Within the block, the fast layer's training takes the compiled graph for every input
+    (``enabled``) or never (the closed-form ``Function`` of ``d2lbn.fast_norm``), whatever its
+    size; the size limit is restored on exit."""
+    global GRAPH_MAX_SIZE
+    saved, GRAPH_MAX_SIZE = GRAPH_MAX_SIZE, (2 ** 62 if enabled else 0)
+    try:
+        yield
+    finally:
+        GRAPH_MAX_SIZE = saved
 
 
 def _spread(v: sym.Symbol, ones_n: sym.Symbol) -> sym.Symbol:

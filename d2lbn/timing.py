@@ -87,17 +87,13 @@ def on_path(step: Callable[[], None], path: str) -> Callable[[], None]:
     """``step`` with the fast layer's training path forced: ``'graph'`` (the compiled graph of
     ``d2lbn.graph_norm``) or ``'function'`` (the closed-form ``Function`` of ``d2lbn.fast_norm``),
     whatever the size of the input; the size limit is restored after each call."""
-    from . import graph_norm
+    from .graph_norm import graph_path
     if path not in ("graph", "function"):
         raise ValueError(f"path must be 'graph' or 'function'; got {path!r}")
-    limit = 2 ** 62 if path == "graph" else 0
 
     def forced() -> None:
-        saved, graph_norm.GRAPH_MAX_SIZE = graph_norm.GRAPH_MAX_SIZE, limit
-        try:
+        with graph_path(path == "graph"):
             step()
-        finally:
-            graph_norm.GRAPH_MAX_SIZE = saved
     return forced
 
 

@@ -65,3 +65,22 @@ def test_moving_statistics_are_detached_and_gradients_flow():
     Y.backward(nd.ones_like(Y) * nd.arange(6).reshape((6, 1)))
     # dbeta = column sums of the head gradient: 0 + 1 + ... + 5
     np.testing.assert_allclose(beta.grad.asnumpy(), 15.0, rtol=1e-6)
+
+
+def test_graph_path_forces_either_path_and_restores_the_limit(monkeypatch):
+    from d2lbn import fast_norm
+    taken = []
+    real_graph_train = graph_norm.graph_train
+    monkeypatch.setattr(graph_norm, "graph_train",
+                        lambda *a, **k: taken.append("graph") or real_graph_train(*a, **k))
+    X, v = nd.array(np.random.default_rng(1).normal(size=(4, 3))), nd.ones(3)
+    limit = graph_norm.GRAPH_MAX_SIZE
+    with graph_norm.graph_path(False):
+        fast_norm.fast_batch_norm(X, v, v, v, v, training=True)          # 12 values, yet the Function
+    assert taken == []
+    with pytest.raises(RuntimeError):
+        with graph_norm.graph_path(True):
+            fast_norm.fast_batch_norm(nd.ones((4000, 300)), nd.ones(300), nd.ones(300),
+                                      nd.ones(300), nd.ones(300), training=True)
+            raise RuntimeError("leave the block")
+    assert taken == ["graph"] and graph_norm.GRAPH_MAX_SIZE == limit
