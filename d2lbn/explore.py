@@ -402,7 +402,7 @@ def momentum_explorer(traces: Mapping[float, Tuple[np.ndarray, np.ndarray]],
         fig.add_trace(go.Scatter(x=steps, y=[0] * len(steps), mode="lines", line_width=0,
                                  hoverinfo="skip", showlegend=False), row=row, col=1)
         fig.add_trace(go.Scatter(x=steps, y=[0] * len(steps), mode="lines", line_width=0,
-                                 fill="tonexty", fillcolor="rgba(31,119,180,0.22)",
+                                 fill="tonexty", fillcolor="rgba(90,150,210,0.32)",
                                  name="all features: average ± std", showlegend=first,
                                  hoverinfo="skip"), row=row, col=1)
         fig.add_trace(go.Scatter(x=steps, y=[0] * len(steps), mode="lines",
