@@ -14,8 +14,9 @@
     return document.documentElement.dataset.theme === 'dark';
   }
 
-  function themed(layout) {
+  function themed(layout, width, longTicks) {
     const copy = JSON.parse(JSON.stringify(layout));
+    const narrow = width && width < 500;        // a phone: fewer ticks, so that they do not touch
     const text = getComputedStyle(document.body).color || (dark() ? '#e0e0e0' : '#222');
     const grid = dark() ? 'rgba(255,255,255,0.16)' : 'rgba(0,0,0,0.10)';
     const line = dark() ? 'rgba(255,255,255,0.45)' : 'rgba(0,0,0,0.45)';
@@ -30,6 +31,7 @@
       if (/^[xy]axis\d*$/.test(key)) {
         copy[key] = Object.assign({}, copy[key], {gridcolor: grid, zerolinecolor: grid,
                                                   linecolor: line, color: text});
+        if (narrow && longTicks && /^x/.test(key) && longTicks(key)) copy[key].nticks = 3;
       }
     }
     for (const note of copy.annotations || []) {
@@ -79,6 +81,15 @@
       inputs.push({control: control, input: input, value: value});
     });
 
+    // x axes whose values reach four digits (training steps) get fewer ticks on a phone
+    const longTicks = function (axis) {
+      const name = 'x' + axis.slice(5);
+      return spec.figure.data.some(function (trace) {
+        return (trace.xaxis || 'x') === name &&
+          (trace.x || []).some(function (v) { return Math.abs(v) >= 1000; });
+      });
+    };
+
     function key() {
       return inputs.map(function (c) { return c.input.value; }).join('-');
     }
@@ -95,7 +106,7 @@
         return Object.assign({}, trace, frame.traces[String(i)] || {});
       });
       readout.textContent = frame.readout;
-      return Plotly.react(plot, data, themed(spec.figure.layout), CONFIG).then(function () {
+      return Plotly.react(plot, data, themed(spec.figure.layout, plot.clientWidth, longTicks), CONFIG).then(function () {
         root.dataset.state = k;
       });
     }
@@ -104,7 +115,7 @@
       c.input.addEventListener(c.control.kind === 'select' ? 'change' : 'input', draw);
     });
     new MutationObserver(function () {
-      Plotly.relayout(plot, themed(spec.figure.layout));
+      Plotly.relayout(plot, themed(spec.figure.layout, plot.clientWidth, longTicks));
     }).observe(document.documentElement, {attributes: true, attributeFilter: ['data-theme']});
     root.classList.add('d2lbn-explorer-live');
     return draw();

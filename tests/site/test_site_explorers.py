@@ -12,6 +12,7 @@ Screenshots of each explorer in light and dark mode and at phone width go to _bu
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -119,20 +120,26 @@ def _load(browser, server, page, name, width=1280, height=900, mobile=False, dar
 
 
 def _shot(tab, name: str, suffix: str) -> None:
-    """A screenshot of the explorer alone (its box, scrolled into view)."""
-    box = tab.evaluate(f"""(() => {{
-        const r = document.querySelector('.d2lbn-explorer[data-explorer="{name}"]');
-        r.scrollIntoView({{block: 'start'}});
-        const b = r.getBoundingClientRect();
-        return {{x: b.left + scrollX, y: b.top + scrollY, width: b.width, height: b.height}};
-      }})()""")
-    tab.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))",
-                 await_promise=True)
-    data = tab.send("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": box["x"] - 4, "y": box["y"] - 4, "width": box["width"] + 8,
-                 "height": box["height"] + 8, "scale": 1}}, timeout=60)["data"]
-    import base64
+    """A screenshot of the explorer alone. As for tab.screenshot(full_page=True), the viewport is
+    made as tall as the page (no scrolling, so no sticky header over the explorer), then the
+    explorer's box is cut out."""
+    height = min(30000, int(tab.evaluate("document.documentElement.scrollHeight")))
+    metrics = {"width": tab.width, "deviceScaleFactor": 1, "mobile": tab.mobile}
+    tab.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": height})
+    try:
+        tab.evaluate("new Promise(r => { scrollTo(0, 0); requestAnimationFrame(() => "
+                     "requestAnimationFrame(() => setTimeout(r, 300))); })", await_promise=True)
+        box = tab.evaluate(f"""(() => {{
+            const b = document.querySelector('.d2lbn-explorer[data-explorer="{name}"]')
+                        .getBoundingClientRect();
+            return {{x: b.left + scrollX, y: b.top + scrollY, width: b.width, height: b.height}};
+          }})()""")
+        clip = {"x": max(0, box["x"] - 4), "y": max(0, box["y"] - 4), "width": box["width"] + 8,
+                "height": box["height"] + 8, "scale": 1}
+        data = tab.send("Page.captureScreenshot", {"format": "png", "clip": clip},
+                        timeout=60)["data"]
+    finally:
+        tab.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": tab.height})
     path = SCREENSHOTS / f"explorer-{name}-{suffix}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(data))
