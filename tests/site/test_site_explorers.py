@@ -177,6 +177,7 @@ def test_explorer_responds_to_its_controls(name, browser, server):
                if not u.startswith((server.base + "/", "data:", "blob:", "about:"))]
     assert not foreign, f"{name}: requests to other hosts: {foreign}"
     assert any(u.split("?")[0].endswith("/_static/plotly.min.js") for u in tab.requests(since))
+    browser.send("Target.closeTarget", {"targetId": tab.target})
 
 
 LUMINANCE_JS = r"""
@@ -213,6 +214,7 @@ def test_explorer_in_light_and_dark_mode_and_on_a_phone(name, browser, server):
     switched = tab.evaluate(f"({LUMINANCE_JS})({json.dumps(name)})")
     assert switched["tick"] > 0.6, f"{name}: the figure kept dark text on a dark page: {switched}"
     assert not tab.console_errors(since)
+    browser.send("Target.closeTarget", {"targetId": tab.target})
 
     tab, since = _load(browser, server, page, name, dark=True)
     dark = tab.evaluate(f"({LUMINANCE_JS})({json.dumps(name)})")
@@ -221,6 +223,7 @@ def test_explorer_in_light_and_dark_mode_and_on_a_phone(name, browser, server):
         assert dark[part] > 0.6, f"{name}: {part} is hard to read in dark mode: {dark}"
     _shot(tab, name, "dark")
     assert not tab.console_errors(since)
+    browser.send("Target.closeTarget", {"targetId": tab.target})
 
     tab, since = _load(browser, server, page, name, width=390, height=844, mobile=True)
     phone = tab.evaluate(f"({LUMINANCE_JS})({json.dumps(name)})")
@@ -229,3 +232,4 @@ def test_explorer_in_light_and_dark_mode_and_on_a_phone(name, browser, server):
     assert phone["svgWidth"] <= phone["clientWidth"] + 1, f"{name}: plot too wide: {phone}"
     _shot(tab, name, "phone")
     assert not tab.console_errors(since)
+    browser.send("Target.closeTarget", {"targetId": tab.target})
