@@ -428,10 +428,9 @@ def momentum_explorer(traces: Mapping[float, Tuple[np.ndarray, np.ndarray]],
                    f"shift: {noise:.3f} (formula {theory_noise:.3f}).  95% of the jump: "
                    f"{lag_text} (formula {theory_lag:.1f}).")
         frames[(index,)] = {"traces": update, "readout": readout}
-        for trace in (0, 1, 2):                   # the initial figure shows the initial momentum
-            if momentum == initial:
-                fig.data[trace].y = compact(update[trace]["y"])
-                fig.data[4 + trace].y = compact(update[4 + trace]["y"])
+        if momentum == initial:                   # the figure itself shows the initial momentum
+            for trace, values in update.items():
+                fig.data[trace].y = compact(values["y"])
     controls = [Control("momentum", "momentum λ", tuple(f"{mo:g}" for mo in momenta),
                         momenta.index(initial))]
     return explorer("ch02-momentum", fig, controls, frames, caption, height)
