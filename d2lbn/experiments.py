@@ -184,25 +184,35 @@ class SigmoidMLP(nn.Block):
 class Figure1Result:
     """One run of :func:`figure1_run`. ``steps``: the training steps at which the net was measured
     (0 = before training); ``test_acc``: test accuracy there; ``percentiles``: (len(steps), 3, hidden),
-    the 15th, 50th and 85th percentile over the probe images of each last-layer sigmoid's input."""
+    the 15th, 50th and 85th percentile over the probe images of each last-layer sigmoid's input;
+    ``inputs``: (len(steps), probe_size), the inputs of sigmoid ``record_unit`` itself at each step
+    (the values whose percentiles are ``percentiles[:, :, record_unit]``; the book's explorer draws
+    their histogram)."""
     batch_norm: bool
     steps: List[int] = field(default_factory=list)
     test_acc: List[float] = field(default_factory=list)
     percentiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 0)))
+    inputs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    record_unit: int = 0
 
 
 def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: int = 60,
                 eval_every: int = 100, sigma: float = 0.1, train_limit: Optional[int] = None,
                 test_limit: int = 2000, probe_size: int = 500, seed: int = 0,
-                ctx: mx.Context = mx.cpu(), data=None) -> Figure1Result:
+                ctx: mx.Context = mx.cpu(), data=None, record_unit: int = 0) -> Figure1Result:
     """Train :class:`SigmoidMLP` with SGD on Fashion-MNIST and record Figure 1's measurements.
 
     Every ``eval_every`` steps (and at step 0): accuracy on the first ``test_limit`` test images, and
     the 15/50/85th percentiles of each last-layer sigmoid's input over ``probe_size`` fixed test
     images (the last ones, disjoint from the accuracy set when the test set is large enough).
     Batches are drawn at random with replacement, as a stream of steps. ``data``: optional
-    ``fashion_arrays(flatten=True)`` output, to load once for several runs.
+    ``fashion_arrays(flatten=True)`` output, to load once for several runs. ``record_unit``: the
+    sigmoid (0 .. 99) whose probe inputs are kept whole in ``result.inputs``.
     """
+    check_int("record_unit", record_unit, minimum=0)
+    if record_unit >= 100:
+        raise ValueError(f"record_unit must be a unit of the 100-unit hidden layer (0 .. 99); "
+                         f"got {record_unit}")
     if data is None:
         data = fashion_arrays(train_limit, None, flatten=True, ctx=ctx)
     train_X, train_y, test_X, test_y = data
@@ -215,14 +225,15 @@ def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: i
     net.initialize(ctx=ctx)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": lr})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    result = Figure1Result(batch_norm)
-    percentiles = []
+    result = Figure1Result(batch_norm, record_unit=record_unit)
+    percentiles, inputs = [], []
 
     def measure(step: int) -> None:
         result.steps.append(step)
         result.test_acc.append(accuracy(net, test_loader, ctx))
         Z = net.sigmoid_inputs(probe).asnumpy()
         percentiles.append(np.percentile(Z, [15, 50, 85], axis=0))
+        inputs.append(Z[:, record_unit].copy())
 
     measure(0)
     n = train_X.shape[0]
@@ -236,6 +247,7 @@ def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: i
         if step % eval_every == 0 or step == num_steps:
             measure(step)
     result.percentiles = np.stack(percentiles)
+    result.inputs = np.stack(inputs)
     return result
 
 
