@@ -385,9 +385,9 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
 
     X: (N, D) or (N, C, H, W), float32 (or float64); gamma, beta, moving_mean,
     moving_var: (D,) or (C,) on X's context. Training mode runs :func:`fast_train`
-    (the compiled graph of ``d2lbn.graph_norm`` for small inputs, :class:`BatchNormTrain`
-    with its closed-form backward for large ones); inference mode is one
-    :func:`scale_shift`, which autograd differentiates directly.
+    (the compiled graph of ``d2lbn.graph_norm`` for small inputs,
+    :class:`BatchNormTrain` with its closed-form backward for large ones); inference
+    mode is one :func:`scale_shift`, which autograd differentiates directly.
     """
     check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
                                 moving_mean=moving_mean, moving_var=moving_var)
