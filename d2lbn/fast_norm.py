@@ -375,6 +375,14 @@ def moving_average(moving: nd.NDArray, batch: nd.NDArray, momentum: float,
                          rescale_grad=rate if negated else -rate)
 
 
+def _check_not_cpu_float16(X: nd.NDArray) -> None:
+    """Raise a ``TypeError`` naming the fix for float16 X on the CPU."""
+    if X.dtype == np.float16 and X.context.device_type == "cpu":
+        raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet "
+                        "1.9.1 has no CPU float16 FullyConnected); cast X and the "
+                        "vectors, or use impl='naive'")
+
+
 def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                     moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
                     eps: float = 1e-5, momentum: float = 0.9
@@ -391,10 +399,7 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     """
     check_batch_norm_args(X, eps, momentum, training, gamma=gamma, beta=beta,
                                 moving_mean=moving_mean, moving_var=moving_var)
-    if X.dtype == np.float16 and X.context.device_type == "cpu":
-        raise TypeError("fast_batch_norm needs float32 or float64 on the CPU (MXNet "
-                        "1.9.1 has no CPU float16 FullyConnected); cast X and the "
-                        "vectors, or use impl='naive'")
+    _check_not_cpu_float16(X)
     if not training:
         k = gamma * nd.rsqrt(moving_var + eps)
         return (scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(),
@@ -415,14 +420,10 @@ def fast_layer_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     X: (N, D) or (N, C, H, W); Y has X's shape.
     """
     shape = X.shape
-    if shape[0] == 0 or any(length == 0 for length in shape[2:]):
-        raise ValueError(f"X must not be empty; got shape {shape}")
-    if len(shape) == 2 and shape[0] == 1 or len(shape) == 4 and shape[0] * shape[2] * \
-            shape[3] == 1:
-        check_batch_norm_args(X, eps, momentum, True, gamma=gamma)   # the clear error
-    if X.dtype == np.float16 and X.context.device_type == "cpu":
-        fast_batch_norm(X, gamma, beta, moving_mean, moving_var, training=True,
-                        eps=eps, momentum=momentum)                # raises TypeError
+    values_per_channel = shape[0] * (shape[2] * shape[3] if len(shape) == 4 else 1)
+    if values_per_channel <= 1:          # empty, or a batch of one: the shared check says so
+        check_batch_norm_args(X, eps, momentum, True, gamma=gamma)
+    _check_not_cpu_float16(X)
     return fast_train(X, gamma, beta, moving_mean, moving_var, eps, momentum, shape,
                       update=True)[0]
 

@@ -97,6 +97,27 @@ def on_path(step: Callable[[], None], path: str) -> Callable[[], None]:
     return forced
 
 
+def _layer_steps(shape: Tuple[int, ...], impls: Sequence[str], ctx: mx.Context,
+                 seed: int) -> Dict[str, Callable[[], None]]:
+    """Training steps (:func:`layer_step`) on one seeded input X of ``shape`` and head gradient:
+    ``'mxnet'`` for ``gluon.nn.BatchNorm``, and one per name in ``impls`` for
+    ``d2lbn.norm.BatchNorm(impl=name)`` (``'fast:graph'``/``'fast:function'``: :func:`on_path`)."""
+    from .norm import BatchNorm
+    mx.random.seed(seed)
+    C = shape[1]
+    X = nd.random.normal(1.0, 2.0, shape=shape, ctx=ctx)
+    dY = nd.random.normal(shape=shape, ctx=ctx)
+    theirs = gluon.nn.BatchNorm(in_channels=C)
+    theirs.initialize(ctx=ctx)
+    steps = {"mxnet": layer_step(theirs, X, dY)}
+    for impl in impls:
+        name, _, path = impl.partition(":")
+        ours = BatchNorm(C, len(shape), impl=name)
+        ours.initialize(ctx=ctx)
+        steps[impl] = layer_step(ours, X, dY) if not path else on_path(layer_step(ours, X, dY), path)
+    return steps
+
+
 def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("fast",), reps: int = 15,
                    ctx: Optional[mx.Context] = None, seed: int = 0) -> List[Row]:
     """Forward+backward time of ``d2lbn.norm.BatchNorm(impl=...)`` against ``gluon.nn.BatchNorm``.
@@ -106,22 +127,10 @@ def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("f
     ``'fast:graph'`` and ``'fast:function'`` time the fast layer with its training path forced
     (:func:`on_path`).
     """
-    from .norm import BatchNorm
     ctx = ctx or mx.cpu()
     rows = []
     for shape in shapes:
-        mx.random.seed(seed)
-        C = shape[1]
-        X = nd.random.normal(1.0, 2.0, shape=shape, ctx=ctx)
-        dY = nd.random.normal(shape=shape, ctx=ctx)
-        theirs = gluon.nn.BatchNorm(in_channels=C)
-        theirs.initialize(ctx=ctx)
-        fns = {"mxnet": layer_step(theirs, X, dY)}
-        for impl in impls:
-            name, _, path = impl.partition(":")
-            ours = BatchNorm(C, len(shape), impl=name)
-            ours.initialize(ctx=ctx)
-            fns[impl] = layer_step(ours, X, dY) if not path else on_path(layer_step(ours, X, dY), path)
+        fns = _layer_steps(shape, impls, ctx, seed)
         # the per-call cost decides how many calls make one measurement (keep each >= ~5 ms)
         probe = interleaved_ms({"mxnet": fns["mxnet"]}, reps=3, inner=1)["mxnet"]
         inner = max(1, int(5.0 / max(statistics.median(probe), 1e-3)))
@@ -195,21 +204,14 @@ def kernel_rows(shapes: Iterable[Tuple[int, ...]], reps: int = 9, ctx: Optional[
     as long as ours costs no less to launch (one compiled graph and one more operator, called from
     Python, against one fused operator): :func:`extra_kernel_ms`.
     """
-    from .norm import BatchNorm
+    from .norm import DEFAULT_IMPL
     ctx = ctx or mx.cpu()
     rows = []
     for shape in shapes:
-        mx.random.seed(seed)
-        C = shape[1]
-        X = nd.random.normal(1.0, 2.0, shape=shape, ctx=ctx)
-        dY = nd.random.normal(shape=shape, ctx=ctx)
-        ours, theirs = BatchNorm(C, len(shape)), gluon.nn.BatchNorm(in_channels=C)
-        ours.initialize(ctx=ctx)
-        theirs.initialize(ctx=ctx)
-        steps = {"ours": layer_step(ours, X, dY), "mxnet": layer_step(theirs, X, dY)}
+        steps = _layer_steps(shape, (DEFAULT_IMPL,), ctx, seed)
         wall = {k: statistics.median(v) for k, v in interleaved_ms(steps, reps=reps, inner=5).items()}
         kernels = {k: kernel_ms(f, reps=10) for k, f in steps.items()}
-        rows.append(KernelRow(tuple(shape), wall["ours"], wall["mxnet"], kernels["ours"],
+        rows.append(KernelRow(tuple(shape), wall[DEFAULT_IMPL], wall["mxnet"], kernels[DEFAULT_IMPL],
                               kernels["mxnet"]))
     return rows
 
