@@ -15,20 +15,23 @@ from mxnet import autograd, gluon, nd
 
 from d2lbn import fast_norm, graph_norm, norm
 from d2lbn.backward import backward_closed_form
-from d2lbn.fast_norm import (BatchNormTrain, Function, channel_sum, fast_batch_norm, moving_average,
-                             scale_shift)
+from d2lbn.fast_norm import (BatchNormTrain, Function, channel_affine, channel_sum, fast_batch_norm,
+                             function_variant, moving_average, scale_shift)
 from d2lbn.norm import BatchNorm, batch_norm
 from conftest import numpy_batch_norm
 
 TOL = 1e-5
 
 
-@pytest.fixture(autouse=True, params=["graph", "function"])
+@pytest.fixture(autouse=True, params=["graph", "function:broadcast", "function:blas"])
 def path(request, monkeypatch):
-    """Every test runs through both training paths of the fast layer: the compiled graph
-    (d2lbn.graph_norm, which inputs of at most GRAPH_MAX_SIZE values take) and the
-    closed-form Function (larger ones), whatever the size of its input."""
+    """Every test runs through both training paths of the fast layer, whatever the size of its
+    input: the compiled graph (d2lbn.graph_norm, which inputs of at most GRAPH_MAX_SIZE values
+    take) and the closed-form Function (larger ones), the latter with each of the two ways of
+    fast_norm.channel_affine (BLAS on 4-D float rows of at least BLAS_MIN_ROW values,
+    broadcasting operators otherwise)."""
     monkeypatch.setattr(graph_norm, "GRAPH_MAX_SIZE", 10 ** 12 if request.param == "graph" else 0)
+    monkeypatch.setattr(fast_norm, "BLAS_MIN_ROW", 10 ** 9 if request.param.endswith("broadcast") else 1)
     return request.param
 # (4, 8, 5, 5) and (2, 16, 6, 6): channel counts that oneDNN stores in blocked layouts (nChw8c/16c)
 SHAPES = [(32, 5), (7, 3), (6, 3, 5, 4), (4, 2, 1, 1), (3, 4, 7, 2), (4, 8, 5, 5), (2, 16, 6, 6)]
@@ -257,6 +260,98 @@ def test_channel_sum_and_scale_shift(shape):
     assert rel_err(scale_shift(a["x"], None, a["beta"]), x["x"] + x["beta"].reshape(bshape)) < TOL
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(32, 5), (6, 3, 5, 4), (3, 8, 9, 9)])
+def test_channel_affine_every_combination(shape, dtype):
+    """Scale, shift and accumulator each present or absent, into a new array or into ``add``."""
+    _, a = problem(shape, seed=12)
+    a = {k: v.astype(dtype) for k, v in a.items()}
+    x = {k: v.asnumpy().astype(np.float64) for k, v in a.items()}      # what the arrays hold
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    g, b = x["gamma"].reshape(bshape), x["beta"].reshape(bshape)
+    tol = TOL if dtype == "float32" else 1e-12
+    for scale, shift, add in [(1, 1, 1), (1, 1, 0), (1, 0, 1), (1, 0, 0), (0, 1, 1), (0, 1, 0)]:
+        expected = (g if scale else 1) * x["x"] + (b if shift else 0) + (x["dy"] if add else 0)
+        args = (a["x"], a["gamma"] if scale else None, a["beta"] if shift else None)
+        acc = a["dy"].copy() if add else None
+        got = channel_affine(*args, add=acc, out=acc)
+        assert got.shape == shape and got.dtype == np.dtype(dtype)
+        assert rel_err(got, expected) < tol, (scale, shift, add)
+        if add:
+            assert rel_err(acc, expected) < tol, "not accumulated in place"
+    assert rel_err(a["x"], x["x"]) < tol, "X was modified"
+
+
+def test_buffer_pool_reuses_and_caps():
+    pool = fast_norm._BufferPool(per_key=2, keys=2)
+    like = nd.zeros((2, 3), dtype="float64")
+    first = pool.take(like)
+    assert first.shape == (2, 3) and first.dtype == np.float64 and first.context == like.context
+    pool.give(first)
+    assert pool.take(like) is first
+    arrays = [pool.take(like) for _ in range(3)]
+    for array in arrays:
+        pool.give(array)
+    assert len({id(pool.take(like)) for _ in range(3)} & {id(a) for a in arrays}) == 2
+    pool.give(nd.zeros((4,)))
+    pool.give(nd.zeros((5,)))                  # a third shape: the oldest key goes
+    assert len(pool._free) == 2
+
+
+@pytest.mark.parametrize("reuse, blas", [(False, False), (False, True), (True, False)])
+def test_function_variants_agree_and_restore(reuse, blas):
+    """The variants the appendix times give the float64 reference's results, and the block
+    restores the defaults."""
+    x, a = problem((4, 3, 9, 9), seed=17)
+    pool, min_row = fast_norm._POOL, fast_norm.BLAS_MIN_ROW
+    with function_variant(reuse_scratch=reuse, blas=blas):
+        assert (fast_norm._POOL is pool) == reuse
+        assert (fast_norm.BLAS_MIN_ROW == min_row) == blas
+        Y = run(fast_batch_norm, a, training=True)[0]
+    assert fast_norm._POOL is pool and fast_norm.BLAS_MIN_ROW == min_row
+    assert rel_err(Y, numpy_batch_norm(x["x"], x["gamma"], x["beta"])[0]) < TOL
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 9, 9), (64, 5)])
+def test_two_calls_before_one_backward(shape):
+    """The scratch arrays are reused from call to call: two evaluations recorded before a single
+    backward pass must still each keep their own x - mean."""
+    x1, a1 = problem(shape, seed=14)
+    x2, a2 = problem(shape, seed=15)
+    layer_grads = []
+    for fn in (fast_batch_norm, batch_norm):
+        X1, X2, gamma = a1["x"].copy(), a2["x"].copy(), a1["gamma"].copy()
+        for v in (X1, X2, gamma):
+            v.attach_grad()
+        with autograd.record():
+            Y1 = fn(X1, gamma, a1["beta"], a1["moving_mean"], a1["moving_var"], training=True)[0]
+            Y2 = fn(X2, gamma, a1["beta"], a1["moving_mean"], a1["moving_var"], training=True)[0]
+            loss = (Y1 * a1["dy"]).sum() + (Y2 * a2["dy"]).sum()
+        loss.backward()
+        layer_grads.append((X1.grad.asnumpy(), X2.grad.asnumpy(), gamma.grad.asnumpy()))
+    for ours, naive in zip(*layer_grads):
+        assert rel_err(ours, naive) < TOL
+
+
+def test_backward_twice_with_retain_graph():
+    """A graph kept for a second backward pass keeps its x - mean, even when other evaluations
+    run in between (and could take a reused scratch array)."""
+    _, a = problem((4, 3, 9, 9), seed=16)
+    X, gamma, beta = a["x"].copy(), a["gamma"].copy(), a["beta"].copy()
+    for v in (X, gamma, beta):
+        v.attach_grad(grad_req="add")
+    with autograd.record():
+        Y = fast_batch_norm(X, gamma, beta, a["moving_mean"], a["moving_var"], training=True)[0]
+    Y.backward(a["dy"], retain_graph=True)
+    once = [v.grad.asnumpy().copy() for v in (X, gamma, beta)]
+    for _ in range(3):
+        fast_batch_norm(a["x"] * 2 + 1, a["gamma"], a["beta"], a["moving_mean"], a["moving_var"],
+                        training=True)
+    Y.backward(a["dy"])
+    for v, single in zip((X, gamma, beta), once):
+        assert rel_err(v.grad, 2 * single) < TOL
+
+
 def test_moving_average_leaves_its_input_alone():
     old, batch = nd.array([1.0, 2.0, 3.0]), nd.array([10.0, 20.0, 30.0])
     np.testing.assert_allclose(moving_average(old, batch, 0.9).asnumpy(), [1.9, 3.8, 5.7], rtol=1e-6)
@@ -323,6 +418,37 @@ def test_new_function_per_call():
     fn(a["x"], a["gamma"], a["beta"])
     with pytest.raises(AssertionError, match="only be called once"):
         fn(a["x"], a["gamma"], a["beta"])
+
+
+def test_training_loop_does_not_deadlock_on_reused_scratch(tmp_path):
+    """Steps queued without waiting, on the Function path: the backward callback of one step runs
+    after the next forward pass has been queued. With one pool of scratch arrays for both passes,
+    the callback took the array that the queued forward pass writes and the two waited for each
+    other for ever (seen in d2lbn.distributed.lockstep_reference; this script hung every time)."""
+    script = tmp_path / "train_steps.py"
+    script.write_text(textwrap.dedent("""
+        import d2lbn
+        from mxnet import autograd, gluon, init, nd
+        from mxnet.gluon import nn
+        from d2lbn.graph_norm import graph_path
+        from d2lbn.norm import BatchNorm
+        net = nn.Sequential()
+        net.add(nn.Conv2D(8, 3), BatchNorm(8, 4), nn.Activation("relu"), nn.Dense(10))
+        net.initialize(init.Xavier())
+        trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+        loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+        X, y = nd.random.uniform(shape=(32, 3, 18, 18)), nd.arange(32) % 10
+        with graph_path(False):
+            for _ in range(6):
+                with autograd.record():
+                    loss = loss_fn(net(X), y)
+                loss.backward()
+                trainer.step(32)
+        print("done", float(loss.mean().asscalar()))
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
 
 
 def test_process_exits_while_a_backward_is_pending(tmp_path):
