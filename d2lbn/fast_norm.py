@@ -353,17 +353,19 @@ BLAS_MIN_ROW = 64
 
 
 @contextmanager
-def function_variant(reuse_scratch: bool = True, blas: bool = True) -> Iterator[None]:
+def function_variant(reuse_scratch: bool = True,
+                     blas_min_row: Optional[int] = None) -> Iterator[None]:
     """Within the block, :class:`BatchNormTrain` allocates a fresh array for every
-    intermediate result (``reuse_scratch=False``) and/or scales and shifts with
-    broadcasting operators only (``blas=False``): the appendix "Making it fast in
-    MXNet" times what each of the two choices saves. Not thread-safe."""
+    intermediate result (``reuse_scratch=False``), and :func:`channel_affine` uses BLAS
+    for rows of at least ``blas_min_row`` values (None: ``BLAS_MIN_ROW``; 1: always;
+    ``2 ** 62``: never). The appendix "Making it fast in MXNet" times what each choice
+    saves. Not thread-safe."""
     global _POOL, _BACKWARD_POOL, BLAS_MIN_ROW
     saved = _POOL, _BACKWARD_POOL, BLAS_MIN_ROW
     if not reuse_scratch:
         _POOL, _BACKWARD_POOL = _BufferPool(per_key=0), _BufferPool(per_key=0)  # keep nothing
-    if not blas:
-        BLAS_MIN_ROW = 2 ** 62
+    if blas_min_row is not None:
+        BLAS_MIN_ROW = blas_min_row
     try:
         yield
     finally:
@@ -384,8 +386,9 @@ def channel_affine(X: nd.NDArray, scale: Optional[nd.NDArray],
     """``scale[c] * X[:, c] + shift[c] (+ add)`` for every channel c, in as few passes
     over memory as MXNet allows; not differentiable (:class:`BatchNormTrain` runs it
     with autograd paused). X, add, out: (N, C, H, W) or (N, D); scale, shift: (C,)
-    (None: 1 and 0). ``out`` may be ``add`` (accumulate) but not X. ``scratch``: an array
-    shaped like X that may be overwritten, if a temporary is needed (else one is made).
+    (None: 1 and 0). ``out`` may be ``add`` (accumulate) but not X. ``scratch``: an
+    array shaped like X that may be overwritten, if a temporary is needed (else one is
+    made).
 
     Same result as ``scale_shift(X, scale, shift) + add``. For 4-D float input the
     passes are BLAS calls on the (N*C, H*W) view, which on the book's machine run

@@ -298,17 +298,18 @@ def test_buffer_pool_reuses_and_caps():
     assert len(pool._free) == 2
 
 
-@pytest.mark.parametrize("reuse, blas", [(False, False), (False, True), (True, False)])
-def test_function_variants_agree_and_restore(reuse, blas):
+@pytest.mark.parametrize("reuse, min_row", [(False, 2 ** 62), (False, 1), (True, 2 ** 62), (True, None)])
+def test_function_variants_agree_and_restore(reuse, min_row):
     """The variants the appendix times give the float64 reference's results, and the block
     restores the defaults."""
     x, a = problem((4, 3, 9, 9), seed=17)
-    pool, min_row = fast_norm._POOL, fast_norm.BLAS_MIN_ROW
-    with function_variant(reuse_scratch=reuse, blas=blas):
-        assert (fast_norm._POOL is pool) == reuse
-        assert (fast_norm.BLAS_MIN_ROW == min_row) == blas
+    pool, backward_pool, default_min_row = fast_norm._POOL, fast_norm._BACKWARD_POOL, fast_norm.BLAS_MIN_ROW
+    with function_variant(reuse_scratch=reuse, blas_min_row=min_row):
+        assert (fast_norm._POOL is pool) == reuse and (fast_norm._BACKWARD_POOL is backward_pool) == reuse
+        assert fast_norm.BLAS_MIN_ROW == (default_min_row if min_row is None else min_row)
         Y = run(fast_batch_norm, a, training=True)[0]
-    assert fast_norm._POOL is pool and fast_norm.BLAS_MIN_ROW == min_row
+    assert fast_norm._POOL is pool and fast_norm._BACKWARD_POOL is backward_pool
+    assert fast_norm.BLAS_MIN_ROW == default_min_row
     assert rel_err(Y, numpy_batch_norm(x["x"], x["gamma"], x["beta"])[0]) < TOL
 
 
