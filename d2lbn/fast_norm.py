@@ -13,10 +13,12 @@ the way it computes differs. Three changes make it fast (an appendix measures th
    ``X.sum(axis=(0, 2, 3))`` is a slow strided reduction in MXNet 1.9.1; viewing X:
    (N, C, H, W) as an (N*C, H*W) matrix and multiplying it by a vector of ones uses the
    BLAS/oneDNN kernel.
-3. **Few full-size arrays** (:func:`scale_shift` and :class:`BatchNormTrain`):
-   per-channel scaling as a broadcast along the rows of that matrix, and results written
-   into buffers already owned (``out=``), because every new full-size array costs an
-   allocation whose first touch is slow.
+3. **Few passes, no fresh arrays** (:class:`BatchNormTrain`, :func:`channel_affine`):
+   every new full-size array costs an allocation whose first touch is slow, so the
+   intermediate arrays are scratch arrays reused from step to step (:class:`_BufferPool`)
+   and results go into buffers already owned (``out=``); each per-channel scale and shift
+   is a BLAS call on that matrix (a batch of one-by-one products per row, a rank-one
+   update), faster than MXNet's broadcasting operators when rows are long.
 
 That is the path for large inputs. On small ones launching operators, and above all the
 Python callback of the backward pass, is what costs; inputs of at most
