@@ -49,7 +49,8 @@ from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_a
 from . import graph_norm
 from .checks import check_batch_norm_args
 
-__all__ = ["Function", "BatchNormTrain", "channel_sum", "scale_shift", "channel_affine",
+__all__ = ["Function", "BatchNormTrain", "channel_sum", "channel_dot", "scale_shift",
+           "channel_affine",
            "function_variant", "moving_average",
            "fast_batch_norm", "fast_train", "fast_layer_train"]
 
@@ -256,6 +257,20 @@ def channel_sum(X: nd.NDArray, weight: float = 1.0,
     return nd.dot(_full(N, weight, X.context, X.dtype), X, out=out)
 
 
+def channel_dot(A: nd.NDArray, B: nd.NDArray, weight: float = 1.0) -> nd.NDArray:
+    """``weight`` times the per-channel sum of ``A * B`` without writing the products.
+
+    A, B: (N, C, H, W) -> (C,). Each (example, channel) row of A is multiplied with the same
+    row of B as a (1 x HW) @ (HW x 1) product (one ``batch_dot`` over the N*C rows), and the
+    (N, C) results are summed over N as in :func:`channel_sum`. One pass over A and B
+    where ``channel_sum(A * B)`` makes three (read both, write the products, read them).
+    """
+    N, C = A.shape[0], A.shape[1]
+    R, HW = N * C, A.shape[2] * A.shape[3]
+    rows = nd.batch_dot(A.reshape((R, 1, HW)), B.reshape((R, HW, 1)))       # (R, 1, 1)
+    return nd.dot(_full(N, weight, A.context, A.dtype), rows.reshape((N, C)))
+
+
 def _per_row(v: nd.NDArray, X: nd.NDArray) -> nd.NDArray:
     """A per-channel vector v: (C,) laid out to broadcast against ``_rows(X)``."""
     C = X.shape[1]
@@ -457,9 +472,12 @@ class BatchNormTrain(Function):
         neg_mean = channel_sum(X, -1.0 / m)
         Xc = channel_affine(X, None, neg_mean, out=_POOL.take(X))      # X - mean
         weakref.finalize(self, _POOL.give, Xc)       # back once no backward can need it
-        squares = nd.square(Xc, out=_POOL.take(X))
-        var = channel_sum(squares, 1.0 / m)
-        _POOL.give(squares)
+        if _blas_rows(X):                # one pass: row-by-row dot products
+            var = channel_dot(Xc, Xc, 1.0 / m)
+        else:
+            squares = nd.square(Xc, out=_POOL.take(X))
+            var = channel_sum(squares, 1.0 / m)
+            _POOL.give(squares)
         inv_std = nd.rsqrt(var + self.eps)
         k = gamma * inv_std
         self.neg_mean, self.var = neg_mean, var

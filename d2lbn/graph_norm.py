@@ -40,9 +40,14 @@ __all__ = ["batch_norm_graph", "graph_train", "graph_path", "GRAPH_MAX_SIZE"]
 #: Inputs with at most this many values take the graph in ``fast_batch_norm``'s training
 #: mode; larger ones take the closed-form backward of ``d2lbn.fast_norm``. On the book's
 #: 2-core CPU the graph was clearly faster on every input of LeNet's batch-norm layers up
-#: to (256, 6, 24, 24), while on (256, 20, 12, 12) and (256, 20, 24, 24) the closed form
-#: was ahead in most runs, by up to a sixth (``benchmarks/bench_norm.py`` times both
-#: paths on every run).
+#: to (256, 6, 24, 24) when the limit was set, and the closed form ahead on
+#: (256, 20, 12, 12) and (256, 20, 24, 24). Since the closed form reuses its scratch
+#: arrays and scales with BLAS, it has also been ahead on (128, 6, 24, 24) and
+#: (256, 6, 24, 24) (by about a fifth, in two runs); the limit still sends every input
+#: of LeNet to the graph, whose kernel time the profiler measures operator by operator
+#: (the floor of the appendix "Making it fast in MXNet" rests on it; the profiler times
+#: the closed form's backward callback only as a whole, Python included).
+#: ``benchmarks/bench_norm.py`` times both paths on every run.
 GRAPH_MAX_SIZE = 1_000_000
 
 

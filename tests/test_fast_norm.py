@@ -15,8 +15,8 @@ from mxnet import autograd, gluon, nd
 
 from d2lbn import fast_norm, graph_norm, norm
 from d2lbn.backward import backward_closed_form
-from d2lbn.fast_norm import (BatchNormTrain, Function, channel_affine, channel_sum, fast_batch_norm,
-                             function_variant, moving_average, scale_shift)
+from d2lbn.fast_norm import (BatchNormTrain, Function, channel_affine, channel_dot, channel_sum,
+                             fast_batch_norm, function_variant, moving_average, scale_shift)
 from d2lbn.norm import BatchNorm, batch_norm
 from conftest import numpy_batch_norm
 
@@ -258,6 +258,19 @@ def test_channel_sum_and_scale_shift(shape):
     assert rel_err(scale_shift(a["x"], a["gamma"], a["beta"]), expected) < TOL
     assert rel_err(scale_shift(a["x"], a["gamma"]), x["gamma"].reshape(bshape) * x["x"]) < TOL
     assert rel_err(scale_shift(a["x"], None, a["beta"]), x["x"] + x["beta"].reshape(bshape)) < TOL
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(6, 3, 5, 4), (3, 8, 9, 9), (2, 1, 1, 1)])
+def test_channel_dot(shape, dtype):
+    _, a = problem(shape, seed=18)
+    A, B = a["x"].astype(dtype), a["dy"].astype(dtype)
+    a64, b64 = A.asnumpy().astype(np.float64), B.asnumpy().astype(np.float64)
+    tol = TOL if dtype == "float32" else 1e-12
+    got = channel_dot(A, B, 0.25)
+    assert got.shape == (shape[1],) and got.dtype == np.dtype(dtype)
+    assert rel_err(got, 0.25 * (a64 * b64).sum(axis=(0, 2, 3))) < tol
+    assert rel_err(channel_dot(A, A), (a64 ** 2).sum(axis=(0, 2, 3))) < tol
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
