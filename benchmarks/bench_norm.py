@@ -136,6 +136,11 @@ def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 5
     return "\n".join(lines)
 
 
+def _off(ratio: float) -> str:
+    """'6% above it' or '5% below it' for our time / the floor."""
+    return f"{abs(100 * (ratio - 1)):.0f}% {'above' if ratio >= 1 else 'below'} it"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and 60 LeNet batches")
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
         print(format_table(lenet, unit="s"))
         for batch_size, (floor, above) in floors.items():
             print(f"floor of the batch-{batch_size} epoch (our layers at their kernels' cost): "
-                  f"{floor:.2f}x; ours is {100 * (above - 1):.0f}% above it")
+                  f"{floor:.2f}x; ours is {_off(above)}")
     print("\ntargets (from-scratch time / MXNet's, this run):")
     for what, limit in TARGETS.items():
         if what in results:
@@ -196,7 +201,7 @@ def main(argv=None) -> int:
             batch = what.rsplit(" ", 1)[-1]
             if verdict == "missed" and batch.isdigit() and int(batch) in floors:
                 floor, above = floors[int(batch)]
-                print(f"  {'':<40} floor {floor:.2f}x, ours {100 * (above - 1):.0f}% above it"
+                print(f"  {'':<40} floor {floor:.2f}x, ours {_off(above)}"
                       f" ({'within' if above <= 1.1 else 'not within'} 10%)")
     print(f"\n(total {time.perf_counter() - start:.0f} s)")
     return 0
