@@ -136,6 +136,23 @@ def nonfinite_check_costs(reps: int, batch_size: int = 128, check_every: int = 5
     return "\n".join(lines)
 
 
+def copy_bandwidth_gbs(megabytes: int = 64, reps: int = 9) -> float:
+    """GB/s of copying a float32 array of ``megabytes`` MB into another (median; read + write
+    counted). Our layers pass over memory more often than MXNet's fused kernel, so their ratio
+    grows when other work on the host takes memory bandwidth; this line says how much this run
+    had."""
+    n = megabytes * 2 ** 20 // 4
+    src, dst = nd.ones((n,)), nd.zeros((n,))
+    seconds = []
+    for _ in range(reps):
+        nd.waitall()
+        start = time.perf_counter()
+        src.copyto(dst)
+        nd.waitall()
+        seconds.append(time.perf_counter() - start)
+    return 2 * n * 4 / sorted(seconds)[reps // 2] / 1e9
+
+
 def _off(ratio: float) -> str:
     """'6% above it' or '5% below it' for our time / the floor."""
     return f"{abs(100 * (ratio - 1)):.0f}% {'above' if ratio >= 1 else 'below'} it"
@@ -156,8 +173,8 @@ def main(argv=None) -> int:
     quick = args.quick or os.environ.get("D2LBN_QUICK", "") not in ("", "0")
     reps = args.reps or (5 if quick else 15)
     start = time.perf_counter()
-    print(f"MXNet {mx.__version__}, {os.cpu_count()} CPU cores; medians of {reps} interleaved runs",
-          flush=True)
+    print(f"MXNet {mx.__version__}, {os.cpu_count()} CPU cores; medians of {reps} interleaved runs; "
+          f"memory copy {copy_bandwidth_gbs():.1f} GB/s", flush=True)
     rows = compare_layers(LAYER_SHAPES, impls=("fast", "naive"), reps=reps)
     print(format_table(rows), flush=True)
     results = {}
