@@ -50,9 +50,8 @@ from . import graph_norm
 from .checks import check_batch_norm_args
 
 __all__ = ["Function", "BatchNormTrain", "channel_sum", "channel_dot", "scale_shift",
-           "channel_affine",
-           "function_variant", "moving_average",
-           "fast_batch_norm", "fast_train", "fast_layer_train"]
+           "channel_affine", "function_variant", "moving_average", "fast_batch_norm",
+           "fast_train", "fast_layer_train"]
 
 _NULL, _WRITE, _INPLACE, _ADD = 0, 1, 2, 3          # MXNet's OpReqType values
 
@@ -319,8 +318,8 @@ def scale_shift(X: nd.NDArray, scale: Optional[nd.NDArray],
 class _BufferPool:
     """Full-size scratch arrays kept for reuse, per (shape, context, dtype).
 
-    A fresh array as large as X costs more than a pass of arithmetic over it (the first
-    touch of each memory page faults), so :class:`BatchNormTrain` takes its
+    A fresh array as large as X costs an allocation, and its memory may be fresh pages,
+    each of which faults on first touch; so :class:`BatchNormTrain` takes its
     intermediate arrays from a pool and gives them back. Giving an array back as soon
     as the last operator that reads it has been *queued* is safe as long as every
     operator on the pool's arrays is queued by the same kind of caller: MXNet's engine
@@ -407,12 +406,13 @@ def channel_affine(X: nd.NDArray, scale: Optional[nd.NDArray],
     array shaped like X that may be overwritten, if a temporary is needed (else one is
     made).
 
-    Same result as ``scale_shift(X, scale, shift) + add``. For 4-D float input the
-    passes are BLAS calls on the (N*C, H*W) view, which on the book's machine run
-    nearly twice as fast as MXNet's broadcasting operators: the scale (plus ``add``)
-    is one batched product, (1 x 1) @ (1 x HW) per row with ``add`` as the
-    accumulator, and the shift a rank-one update of the whole view, shift (NC x 1)
-    @ ones (1 x HW) added to it. Other inputs use :func:`scale_shift`.
+    Same result as ``scale_shift(X, scale, shift) + add``. For 4-D float input with
+    rows of at least ``BLAS_MIN_ROW`` values the passes are BLAS calls on the
+    (N*C, H*W) view: the scale (plus ``add``) is one batched product, (1 x 1) @
+    (1 x HW) per row with ``add`` as the accumulator, and the shift a rank-one update
+    of the whole view, shift (NC x 1) @ ones (1 x HW) added to it. Other inputs use
+    :func:`scale_shift` (broadcasting operators). The appendix "Making it fast in
+    MXNet" times the two.
     """
     if not _blas_rows(X):
         if add is None:
@@ -452,15 +452,17 @@ class BatchNormTrain(Function):
     k = gamma / sqrt(var + eps),
 
         dbeta = sum(dy),      dgamma = sum(dy * x_hat),
-        dX    = k * dy  +  (-k * mean(dy))
+        dX    = k * (dy - dbeta / m - x_hat * dgamma / m)
+              = k * dy  +  (-k * mean(dy))
                 +  (x - mean) * (-k / (var + eps) * mean(dy * (x - mean))).
 
     The only full-size arrays it allocates are its output Y (and dX when MXNet has no
     buffer to write it into): x - mean, kept for the backward pass, and the squares
     and products that feed the sums are scratch arrays reused from step to step
     (:class:`_BufferPool`: one pool for the forward pass, one for the backward
-    pass), and dX goes straight into MXNet's gradient buffer. Each
-    scale-and-shift is :func:`channel_affine`.
+    pass), and dX goes straight into MXNet's gradient buffer. On rows long enough for
+    BLAS the variance is a sum of row-by-row dot products (:func:`channel_dot`), with
+    no squares written, and each scale-and-shift is :func:`channel_affine`.
     """
 
     def __init__(self, eps: float):
