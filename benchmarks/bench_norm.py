@@ -143,14 +143,8 @@ def copy_bandwidth_gbs(megabytes: int = 64, reps: int = 9) -> float:
     had."""
     n = megabytes * 2 ** 20 // 4
     src, dst = nd.ones((n,)), nd.zeros((n,))
-    seconds = []
-    for _ in range(reps):
-        nd.waitall()
-        start = time.perf_counter()
-        src.copyto(dst)
-        nd.waitall()
-        seconds.append(time.perf_counter() - start)
-    return 2 * n * 4 / sorted(seconds)[reps // 2] / 1e9
+    ms = sorted(interleaved_ms({"copy": lambda: src.copyto(dst)}, reps=reps)["copy"])[reps // 2]
+    return 2 * n * 4 / (ms / 1e3) / 1e9
 
 
 def _off(ratio: float) -> str:

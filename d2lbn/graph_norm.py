@@ -44,10 +44,10 @@ __all__ = ["batch_norm_graph", "graph_train", "graph_path", "GRAPH_MAX_SIZE"]
 #: (256, 20, 12, 12) and (256, 20, 24, 24). Since the closed form reuses its scratch
 #: arrays and scales with BLAS, it has also been ahead on (128, 6, 24, 24) and
 #: (256, 6, 24, 24) (12-22% less time than the graph in three runs on the first, 20% in
-#: one on the second); the limit still sends every input
-#: of LeNet to the graph, whose kernel time the profiler measures operator by operator
-#: (the floor of the appendix "Making it fast in MXNet" rests on it; the profiler times
-#: the closed form's backward callback only as a whole, Python included).
+#: one on the second); the limit still sends every input of LeNet to the graph, whose
+#: kernel time the profiler measures operator by operator (the floor of the appendix
+#: "Making it fast in MXNet" rests on it; the profiler times the closed form's backward
+#: callback only as a whole, Python included).
 #: ``benchmarks/bench_norm.py`` times both paths on every run.
 GRAPH_MAX_SIZE = 1_000_000
 

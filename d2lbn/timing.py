@@ -127,8 +127,9 @@ def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("f
     implementation is paired with MXNet's layer on its own, so that one layer's work does not
     disturb another's timing (with the naive layer run between its steps, MXNet's layer measured
     32-44 ms on (256, 20, 24, 24) on the book's machine, against 22 ms without it: the naive
-    layer's many large temporary arrays change what the memory allocator has at hand). The names ``'fast:graph'`` and ``'fast:function'`` time the fast layer
-    with its training path forced (:func:`on_path`).
+    layer's many large temporary arrays change what the memory allocator has at hand). The names
+    ``'fast:graph'`` and ``'fast:function'`` time the fast layer with its training path forced
+    (:func:`on_path`).
     """
     ctx = ctx or mx.cpu()
     rows = []
