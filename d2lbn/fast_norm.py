@@ -48,6 +48,7 @@ from mxnet.base import (MXCallbackList, NDArrayHandle, _LIB, c_array, c_handle_a
 
 from . import graph_norm
 from .checks import check_batch_norm_args
+from .paths import note_path
 
 __all__ = ["Function", "BatchNormTrain", "channel_sum", "channel_dot", "scale_shift",
            "channel_affine", "function_variant", "moving_average", "fast_batch_norm",
@@ -554,6 +555,7 @@ def fast_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                                 moving_mean=moving_mean, moving_var=moving_var)
     _check_not_cpu_float16(X)
     if not training:
+        note_path("fast-inference")
         k = gamma * nd.rsqrt(moving_var + eps)
         return (scale_shift(X, k, beta - moving_mean * k), moving_mean.detach(),
                 moving_var.detach())
@@ -598,12 +600,14 @@ def fast_train(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     for length in shape:
         size *= length
     if size <= graph_norm.GRAPH_MAX_SIZE:
+        note_path("graph")
         Y, new_mean, new_var = graph_norm.graph_train(X, gamma, beta, moving_mean,
                                                       moving_var, eps, momentum, shape,
                                                       update)
         if autograd.is_recording() and type(Y) is nd.NDArray:    # noqa: E721
             Y.__class__ = _CheckedOutput           # checks a head gradient's shape
         return Y, new_mean, new_var
+    note_path("closed-form")
     fn = BatchNormTrain(eps)
     Y = fn(X, gamma, beta)
     with autograd.pause():

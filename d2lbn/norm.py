@@ -24,6 +24,7 @@ from .checks import (check_batch_norm_args, check_layer_args,  # noqa: F401
                      check_layer_dtype, check_layer_input, check_momentum,
                      check_norm_inputs, check_rank)
 from .fast_norm import fast_batch_norm, fast_layer_train
+from .paths import counted
 
 __all__ = ["pure_batch_norm", "reduction_axes", "check_norm_inputs",
            "batch_norm", "check_momentum", "check_batch_norm_args", "BatchNorm",
@@ -59,6 +60,7 @@ def pure_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     return gamma.reshape(param_shape) * X_hat + beta.reshape(param_shape)
 
 
+@counted("naive")          # which code ran: d2lbn.paths.record_paths counts it
 def batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
                moving_mean: nd.NDArray, moving_var: nd.NDArray, *, training: bool,
                eps: float = 1e-5, momentum: float = 0.9
