@@ -60,7 +60,8 @@ def test_numpy_scalars_and_arrays_are_accepted():
     ([1, float("nan"), 3], [1, 2, 3], "non-finite"),
     (["x", 2, 3], [1, 2, 3], "sequence of numbers"),
 ])
-def test_bad_input_is_named(a, b, match):
+def test_bad_input_is_named(a, b, match, monkeypatch):
+    monkeypatch.delenv("D2LBN_QUICK", raising=False)
     with pytest.raises((ValueError, TypeError), match=match):
         compare_seeds(a, b)
 
@@ -68,3 +69,11 @@ def test_bad_input_is_named(a, b, match):
 def test_bad_tie_is_named():
     with pytest.raises(ValueError, match="tie"):
         compare_seeds([1, 2, 3], [1, 2, 3], tie=-1)
+
+
+def test_quick_mode_accepts_one_seed_and_the_full_run_does_not(monkeypatch):
+    monkeypatch.setenv("D2LBN_QUICK", "1")
+    assert compare_seeds([0.9], [0.8]).kind == "ahead"
+    monkeypatch.setenv("D2LBN_QUICK", "")
+    with pytest.raises(ValueError, match="at least 3 seeds"):
+        compare_seeds([0.9], [0.8])
