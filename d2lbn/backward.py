@@ -177,33 +177,51 @@ def gradient_check(backward: Callable[..., Tuple[np.ndarray, np.ndarray, np.ndar
 
 
 #: The nodes of :func:`forward_staged`'s graph: (name, label, column, row) for :func:`draw_graph`.
+#: Each label is the node's value: node 6 is ``r = 1/s``, the reciprocal of node 5.
 GRAPH_NODES = [
-    ("x", r"$x$", 0, 1), ("mu", r"$\mu$", 1, 2), ("xmu", r"$x-\mu$", 2, 1), ("sq", r"$(x-\mu)^2$", 3, 2),
-    ("var", r"$\sigma^2$", 4, 2), ("std", r"$\sqrt{\sigma^2+\epsilon}$", 5, 2),
-    ("inv_std", r"$1/\sqrt{\cdot}$", 6, 2), ("x_hat", r"$\hat{x}$", 7, 1),
-    ("gamma", r"$\gamma$", 7, 0), ("beta", r"$\beta$", 8, 0), ("y", r"$y$", 8.8, 1),
+    ("x", r"$x$", 0, 1), ("mu", r"$\mu$", 1, 2), ("xmu", r"$x-\mu$", 2, 1),
+    ("sq", r"$(x-\mu)^2$", 3, 2), ("var", r"$\sigma^2$", 4.2, 2),
+    ("std", r"$\sqrt{\sigma^2+\epsilon}$", 5.5, 2), ("inv_std", r"$1/\cdot$", 6.8, 2),
+    ("x_hat", r"$\hat{x}$", 7.5, 1), ("gamma", r"$\gamma$", 7.5, 0),
+    ("beta", r"$\beta$", 8.4, 0), ("y", r"$y$", 9.2, 1),
 ]
+#: Step number (1-8 of ``forward_staged`` and Eq. eq-bn-graph) of each computed node; the input
+#: x and the parameters gamma and beta are leaves and carry none.
+GRAPH_STEPS = {"mu": 1, "xmu": 2, "sq": 3, "var": 4, "std": 5, "inv_std": 6, "x_hat": 7, "y": 8}
 #: Edges (from, to) of the same graph; x feeds mu and xmu, xmu feeds sq and x_hat.
-GRAPH_EDGES = [("x", "mu"), ("x", "xmu"), ("mu", "xmu"), ("xmu", "sq"), ("sq", "var"), ("var", "std"),
-               ("std", "inv_std"), ("inv_std", "x_hat"), ("xmu", "x_hat"), ("x_hat", "y"),
-               ("gamma", "y"), ("beta", "y")]
+GRAPH_EDGES = [("x", "mu"), ("x", "xmu"), ("mu", "xmu"), ("xmu", "sq"), ("sq", "var"),
+               ("var", "std"), ("std", "inv_std"), ("inv_std", "x_hat"), ("xmu", "x_hat"),
+               ("x_hat", "y"), ("gamma", "y"), ("beta", "y")]
 
 
 def draw_graph(ax=None):
-    """Draw the computational graph of :func:`forward_staged` (nodes 1-8) with matplotlib; returns ax."""
+    """Draw the computational graph of :func:`forward_staged` with matplotlib; returns ax.
+
+    Each node is a boxed label; the computed nodes carry their step number (1-8,
+    :data:`GRAPH_STEPS`) above the box, and every edge is an arrow clipped to the two
+    boxes, so that its head is drawn whatever the distance between them."""
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(10, 2.8))
-    pos = {name: (col, row) for name, _, col, row in GRAPH_NODES}
-    for a, b in GRAPH_EDGES:
-        ax.annotate("", xy=pos[b], xytext=pos[a],
-                    arrowprops=dict(arrowstyle="-|>", color="0.35", shrinkA=17, shrinkB=17, lw=1.2))
+    boxes = {}
     for name, label, col, row in GRAPH_NODES:
         param = name in ("gamma", "beta")
-        ax.text(col, row, label, ha="center", va="center", fontsize=12,
-                bbox=dict(boxstyle="round,pad=0.4", fc="#fde9c9" if param else "#dbe9f6",
-                          ec="#c77c02" if param else "#2c6aa0"))
-    ax.set_xlim(-0.6, 9.4)
-    ax.set_ylim(-0.6, 2.6)
+        boxes[name] = ax.text(col, row, label, ha="center", va="center", fontsize=12,
+                              bbox=dict(boxstyle="round,pad=0.4",
+                                        fc="#fde9c9" if param else "#dbe9f6",
+                                        ec="#c77c02" if param else "#2c6aa0"))
+        if name in GRAPH_STEPS:
+            ax.annotate(str(GRAPH_STEPS[name]), (col, row), xytext=(0, 16),
+                        textcoords="offset points", ha="center", va="bottom",
+                        fontsize=9, color="#2c6aa0", fontweight="bold")
+    pos = {name: (col, row) for name, _, col, row in GRAPH_NODES}
+    for a, b in GRAPH_EDGES:
+        # patchA/patchB clip the arrow at the edges of the two boxes
+        ax.annotate("", xy=pos[b], xytext=pos[a],
+                    arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.2, shrinkA=2,
+                                    shrinkB=2, patchA=boxes[a].get_bbox_patch(),
+                                    patchB=boxes[b].get_bbox_patch()))
+    ax.set_xlim(-0.6, 9.8)
+    ax.set_ylim(-0.6, 2.75)
     ax.axis("off")
     return ax

@@ -179,3 +179,49 @@ def test_gradient_check_catches_a_dropped_term(mutant, shape):
     x, gamma, beta, dy = problem(shape)
     errors = gradient_check(mutant, x, gamma, beta, dy)
     assert errors["dx"] > 1e-3, errors
+
+
+# ---- the figure of the graph (chapter 3, Fig. fig-bn-graph) ---------------------------------------
+
+def test_graph_nodes_are_the_steps_of_forward_staged():
+    """Nodes 1-8 of the figure are the values forward_staged computes in that order, and each
+    label is that value: node 6 is r = 1/s, the reciprocal of node 5 (not 1/sqrt(s))."""
+    from d2lbn.backward import GRAPH_NODES, GRAPH_STEPS
+    x, gamma, beta, _ = problem((6, 4))
+    y, cache = forward_staged(x, gamma, beta)
+    assert sorted(GRAPH_STEPS.values()) == list(range(1, 9))
+    by_step = sorted(GRAPH_STEPS, key=GRAPH_STEPS.get)
+    assert by_step == ["mu", "xmu", "sq", "var", "std", "inv_std", "x_hat", "y"]
+    np.testing.assert_allclose(cache["inv_std"], 1 / cache["std"], rtol=1e-15)
+    labels = {name: label for name, label, _, _ in GRAPH_NODES}
+    assert labels["inv_std"] == r"$1/\cdot$" and "sqrt" in labels["std"]
+    assert set(GRAPH_STEPS) | {"x", "gamma", "beta"} == set(labels)
+
+
+def test_graph_figure_numbers_nodes_and_draws_every_arrowhead():
+    """Every edge is an arrow whose tip lies outside the box it points at (a tip inside the box is
+    hidden under it: the old figure lost the heads of sigma^2 -> sqrt and sqrt -> 1/.); every
+    computed node carries its step number."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from d2lbn.backward import GRAPH_EDGES, GRAPH_NODES, GRAPH_STEPS, draw_graph
+    ax = draw_graph()
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_bbox_patch().get_window_extent(renderer)
+             for t in ax.texts if t.get_bbox_patch() is not None}
+    label = {name: text for name, text, _, _ in GRAPH_NODES}
+    assert set(boxes) == set(label.values())
+    arrows = [t.arrow_patch for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+    assert len(arrows) == len(GRAPH_EDGES)
+    for (a, b), arrow in zip(GRAPH_EDGES, arrows):
+        start, tip = arrow.get_path().vertices[[0, 2]]
+        assert not boxes[label[b]].contains(*tip), f"{a} -> {b}: arrowhead hidden in {b}'s box"
+        assert not boxes[label[a]].contains(*start), f"{a} -> {b}: starts inside {a}'s box"
+        assert np.hypot(*(tip - start)) > 10, f"{a} -> {b}: arrow shorter than 10 pixels"
+    numbers = sorted(t.get_text() for t in ax.texts
+                     if t.get_bbox_patch() is None and t.get_text())
+    assert numbers == sorted(str(k) for k in GRAPH_STEPS.values())
+    plt.close(fig)
