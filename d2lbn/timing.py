@@ -18,8 +18,8 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 
 __all__ = ["interleaved_ms", "layer_step", "Row", "format_table", "on_path", "compare_layers",
-           "operator_profile", "kernel_ms", "KernelRow", "kernel_rows", "extra_kernel_ms",
-           "format_kernel_table", "train_epoch_seconds"]
+           "mxnet_range", "operator_profile", "kernel_ms", "KernelRow", "kernel_rows",
+           "extra_kernel_ms", "format_kernel_table", "train_epoch_seconds", "training_step"]
 
 
 def interleaved_ms(fns: Dict[str, Callable[[], object]], reps: int = 15, inner: int = 1,
@@ -63,10 +63,12 @@ def layer_step(layer: gluon.Block, X: nd.NDArray, dY: nd.NDArray) -> Callable[[]
 
 @dataclass
 class Row:
-    """One line of a timing table: ``ours_ms`` and ``mxnet_ms`` are medians; ``ratio`` = ours / MXNet."""
+    """One line of a timing table: ``ours_ms`` and ``mxnet_ms`` are medians; ``ratio`` = ours / MXNet.
+    ``shape``: the input's shape, where the row times a layer on one input (:func:`compare_layers`)."""
     case: str
     ours_ms: float
     mxnet_ms: float
+    shape: Optional[Tuple[int, ...]] = None
 
     @property
     def ratio(self) -> float:
@@ -124,10 +126,12 @@ def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("f
 
     For every shape (N, D) or (N, C, H, W) and every implementation name, one :class:`Row`: the
     layer and MXNet's, timed in turns (interleaved) on the same input and head gradient. Each
-    implementation is paired with MXNet's layer on its own, so that one layer's work does not
-    disturb another's timing (with the naive layer run between its steps, MXNet's layer measured
-    32-44 ms on (256, 20, 24, 24) on the book's machine, against 22 ms without it: the naive
-    layer's many large temporary arrays change what the memory allocator has at hand). The names
+    implementation is paired with MXNet's layer on its own, so that a third layer's work does not
+    disturb the pair's timing. The partner still moves MXNet's own time: on (256, 20, 24, 24) the
+    book's appendix measured MXNet's layer at 44-59 ms alternating with the naive layer and 26-27 ms
+    alternating with the fast paths, in one run (the naive layer's many large temporary arrays
+    change what the memory allocator and the caches hold). Every row therefore carries its own
+    MXNet time; :func:`mxnet_range` gives their spread over the rows of one shape. The names
     ``'fast:graph'`` and ``'fast:function'`` time the fast layer with its training path forced
     (:func:`on_path`).
     """
@@ -141,8 +145,19 @@ def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("f
         for impl in impls:
             times = interleaved_ms({"mxnet": fns["mxnet"], impl: fns[impl]}, reps=reps, inner=inner)
             rows.append(Row(f"{impl} layer fwd+bwd {shape}", statistics.median(times[impl]),
-                            statistics.median(times["mxnet"])))
+                            statistics.median(times["mxnet"]), tuple(shape)))
     return rows
+
+
+def mxnet_range(rows: Iterable[Row], shape: Tuple[int, ...]) -> Tuple[float, float]:
+    """The lowest and highest of MXNet's medians (``Row.mxnet_ms``) over the rows that time a
+    layer on ``shape``: how much MXNet's own step on that input moved between pairings within a
+    run (each :func:`compare_layers` row times MXNet's layer again, alternating with another
+    layer). ``ValueError`` when no row has that shape."""
+    times = [r.mxnet_ms for r in rows if r.shape == tuple(shape)]
+    if not times:
+        raise ValueError(f"no row times a layer on shape {tuple(shape)}")
+    return min(times), max(times)
 
 
 _PROFILE_LINE = re.compile(r"^(\S+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$")
@@ -261,3 +276,21 @@ def train_epoch_seconds(net: gluon.Block, train_iter, lr: float = 0.05, momentum
         l.mean().asscalar()
     nd.waitall()
     return time.perf_counter() - start
+
+
+def training_step(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, lr: float = 0.05,
+                  momentum: float = 0.9) -> Callable[[], None]:
+    """One training step of ``net`` on the batch (X, y): forward pass, softmax cross-entropy
+    loss, backward pass and an SGD step (``d2lbn.train.make_trainer``), as in
+    :func:`train_epoch_seconds` but without the data loading. ``net`` must be initialised on
+    X's device. Time the returned function with :func:`interleaved_ms` (which waits for it)."""
+    from .train import make_trainer
+    trainer = make_trainer(net, lr, momentum)
+    loss = gluon.loss.SoftmaxCrossEntropyLoss()
+
+    def step() -> None:
+        with autograd.record():
+            l = loss(net(X), y)
+        l.backward()
+        trainer.step(X.shape[0])
+    return step

@@ -129,3 +129,35 @@ def test_kernel_rows_and_the_extra_kernel_time():
     assert extra_kernel_ms(made_up) == pytest.approx(1.5) and made_up[0].kernel_ratio == 3.0
     table = format_kernel_table(made_up).splitlines()
     assert table[2].startswith("(2, 3)") and table[2].endswith("3.00x")
+
+
+def test_compare_layers_rows_carry_their_shape_and_mxnet_range_spans_them():
+    from d2lbn.timing import mxnet_range
+    rows = compare_layers([(16, 4), (4, 3, 5, 5)], impls=("fast", "naive"), reps=1)
+    assert [r.shape for r in rows] == [(16, 4), (16, 4), (4, 3, 5, 5), (4, 3, 5, 5)]
+    lo, hi = mxnet_range(rows, (4, 3, 5, 5))
+    assert (lo, hi) == (min(rows[2].mxnet_ms, rows[3].mxnet_ms), max(rows[2].mxnet_ms, rows[3].mxnet_ms))
+    made_up = [Row("a", 9.0, 3.0, (2, 3)), Row("b", 9.0, 4.5, (2, 3)), Row("c", 1.0, 0.5, (5, 5)),
+               Row("table row without a shape", 1.0, 99.0)]
+    assert mxnet_range(made_up, [2, 3]) == (3.0, 4.5) and mxnet_range(made_up, (5, 5)) == (0.5, 0.5)
+    with pytest.raises(ValueError, match=r"no row times a layer on shape \(7, 7\)"):
+        mxnet_range(made_up, (7, 7))
+
+
+def test_training_step_updates_the_weights_as_sgd_does():
+    # oracle: one plain SGD step (no momentum) computed by hand from the gradient autograd gives
+    from mxnet import autograd
+    from d2lbn.timing import training_step
+    mx.random.seed(0)
+    X, y = nd.random.normal(shape=(8, 5)), nd.array([0, 1, 2, 0, 1, 2, 0, 1])
+    net = gluon.nn.Dense(3, in_units=5)
+    net.initialize()
+    w0 = net.weight.data().copy()
+    with autograd.record():
+        l = gluon.loss.SoftmaxCrossEntropyLoss()(net(X), y)
+    l.backward()
+    expected = w0 - 0.5 * net.weight.grad() / 8
+    step = training_step(net, X, y, lr=0.5, momentum=0.0)
+    step()
+    assert (net.weight.data() - expected).abs().max().asscalar() < 1e-6
+    assert interleaved_ms({"step": step}, reps=1, warmup=0)["step"][0] > 0
