@@ -31,6 +31,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
+from .checks import check_int
 from .repro import set_seed
 
 __all__ = ["is_batch_norm", "leaf_layers", "batch_norm_layers", "moving_statistics",
@@ -137,6 +138,8 @@ def input_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context, traini
 def _input_statistics(net, batches, ctx, training, num_batches):
     """:func:`input_statistics` and the number of batches used."""
     _check_net(net)
+    if num_batches is not None:
+        num_batches = check_int("num_batches", num_batches, what="a positive int or None")
     layers = leaf_layers(net)
     bn_layers = [layer for layer in layers if is_batch_norm(layer)]
     if not bn_layers:
@@ -211,9 +214,7 @@ def compare_statistics(net: gluon.Block, X: nd.NDArray,
     if not isinstance(X, nd.NDArray) or X.ndim < 2:
         raise TypeError(f"X must be an mxnet NDArray of shape (N, ...); "
                         f"got {type(X).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) \
-            or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    batch_size = check_int("batch_size", batch_size)
     if not mean_tol > 0 or not var_tol > 1:
         raise ValueError(f"mean_tol must be > 0 and var_tol > 1; "
                          f"got {mean_tol!r} and {var_tol!r}")
@@ -282,11 +283,6 @@ def recompute_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context,
     ``training=True``). Algorithm 2 of Ioffe & Szegedy (2015) with MXNet's biased
     variance; what SWA's "update the batch-norm statistics" pass does. No weight
     changes. Returns the number of batches used."""
-    if num_batches is not None and (isinstance(num_batches, bool)
-                                    or not isinstance(num_batches, int)
-                                    or num_batches <= 0):
-        raise ValueError(f"num_batches must be a positive int or None; "
-                         f"got {num_batches!r}")
     stats, used = _input_statistics(net, batches, ctx, True, num_batches)
     for layer, (mean, var) in zip(batch_norm_layers(net), stats):
         set_moving_statistics(layer, mean, var)
@@ -424,8 +420,7 @@ def accumulated_gradient(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, micro_b
     consecutive micro-batches of ``micro_batch`` examples (``micro_batch = N``: the true batch
     gradient), as one flat float64 vector over every trained parameter. The net is in training mode;
     its moving statistics are restored afterwards and no parameter changes."""
-    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch <= 0:
-        raise ValueError(f"micro_batch must be a positive int; got {micro_batch!r}")
+    micro_batch = check_int("micro_batch", micro_batch)
     if X.shape[0] % micro_batch:
         raise ValueError(f"the batch size ({X.shape[0]}) must be a multiple of micro_batch ({micro_batch})")
     loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
@@ -484,8 +479,8 @@ def train_accumulated(net: gluon.Block, train_iter: Batches, micro_batch: int, n
     examples whose gradients are accumulated (``grad_req='add'``) before one update: the update of
     the whole batch for every layer but batch norm, whose statistics come from each micro-batch.
     A batch whose size is not a multiple of ``micro_batch`` is skipped."""
-    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch <= 0:
-        raise ValueError(f"micro_batch must be a positive int; got {micro_batch!r}")
+    micro_batch = check_int("micro_batch", micro_batch)
+    num_epochs = check_int("num_epochs", num_epochs)
     set_seed(seed)
     net.initialize(mx.init.Xavier(), ctx=ctx, force_reinit=True)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()

@@ -58,8 +58,7 @@ def fashion_arrays(train_limit: Optional[int] = None, test_limit: Optional[int] 
     for images, labels, limit, name in ((train_X, train_y, train_limit, "train_limit"),
                                         (test_X, test_y, test_limit, "test_limit")):
         if limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-                raise ValueError(f"{name} must be a positive int or None; got {limit!r}")
+            limit = check_int(name, limit, what="a positive int or None")
             images, labels = images[:limit], labels[:limit]
         shape = (len(images), 784) if flatten else (len(images), 1, 28, 28)
         out.append(nd.array(images.reshape(shape), ctx=ctx, dtype="float32") / 255)
@@ -143,6 +142,7 @@ class SigmoidMLP(nn.Block):
     def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3,
                  sigma: float = 0.1, **kwargs):
         super().__init__(**kwargs)
+        hidden, num_layers = check_int("hidden", hidden), check_int("num_layers", num_layers)
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0; got {sigma!r}")
         self.batch_norm = bool(batch_norm)
@@ -209,7 +209,11 @@ def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: i
     ``fashion_arrays(flatten=True)`` output, to load once for several runs. ``record_unit``: the
     sigmoid (0 .. 99) whose probe inputs are kept whole in ``result.inputs``.
     """
-    check_int("record_unit", record_unit, minimum=0)
+    record_unit = check_int("record_unit", record_unit, minimum=0)
+    num_steps, batch_size, eval_every, test_limit, probe_size = (
+        check_int(name, value) for name, value in (
+            ("num_steps", num_steps), ("batch_size", batch_size), ("eval_every", eval_every),
+            ("test_limit", test_limit), ("probe_size", probe_size)))
     if record_unit >= 100:
         raise ValueError(f"record_unit must be a unit of the 100-unit hidden layer (0 .. 99); "
                          f"got {record_unit}")
@@ -379,6 +383,7 @@ def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx
     statistics in the forward pass, as ``d2lbn.norm.BatchNorm`` does.) This is itself a moving
     average, dominated by the last few dozen batches; :func:`precise_statistics` is the
     equal-weight alternative."""
+    num_batches = check_int("num_batches", num_batches, minimum=0)
     done = 0
     with autograd.train_mode():
         while done < num_batches:
@@ -400,6 +405,10 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
     statistics over ``precise_batches`` training batches (default: one pass over the training
     arrays), and in training mode. For layer norm all three coincide by construction."""
     from .train import train
+    batch_size, num_epochs = check_int("batch_size", batch_size), check_int("num_epochs", num_epochs)
+    if precise_batches is not None:
+        precise_batches = check_int("precise_batches", precise_batches,
+                                    what="a positive int or None")
     train_X, train_y, test_X, test_y = data
     lr = lr_per_64 * batch_size / 64
     net = lenet_with_norm(norm)
@@ -428,6 +437,7 @@ def batch_mean_noise(X: nd.NDArray, batch_size: int,
     batch_size) averaged likewise)."""
     if X.ndim != 2:
         raise ValueError(f"X must be (n, D); got shape {X.shape}")
+    batch_size, num_batches = check_int("batch_size", batch_size), check_int("num_batches", num_batches)
     values = X.asnumpy().astype(np.float64)
     means = np.stack([values[np.random.randint(0, len(values), batch_size)].mean(axis=0)
                       for _ in range(num_batches)])
@@ -489,9 +499,7 @@ def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Conte
     unchanged (store the result with :func:`set_moving_statistics`). Works for
     ``d2lbn.norm.BatchNorm`` layers (statistics read with momentum set to 0 for each
     batch)."""
-    if isinstance(num_batches, bool) or not isinstance(num_batches, int) \
-            or num_batches <= 0:
-        raise ValueError(f"num_batches must be a positive int; got {num_batches!r}")
+    num_batches = check_int("num_batches", num_batches)
     layers = _norm_layers(net)
     if not layers:
         raise ValueError("net has no d2lbn.norm.BatchNorm layer to take statistics of")

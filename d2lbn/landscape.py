@@ -13,9 +13,13 @@ What is here:
 * :func:`centering_run` -- Ioffe & Szegedy's Section 2 thought experiment: ``x = u + b``
   centred with its mean treated as a constant (outside the gradient) or differentiated
   through (inside);
-* :class:`ShiftScaleNoise`, :func:`add_noise` -- "noisy batch norm" (Santurkar et al.,
-  Section 2.1): after every batch-norm layer a random per-channel scale and shift, drawn
-  afresh at every step;
+* :class:`ShiftScaleNoise`, :func:`add_noise` -- "noisy batch norm", shared: after every
+  batch-norm layer a random per-channel scale and shift, drawn afresh at every step and
+  shared by the whole batch;
+* :class:`PerSampleNoise`, :func:`add_per_sample_noise` -- "noisy batch norm" per sample,
+  as Santurkar et al. (2018, Section 2.1) describe it: every activation of every example
+  perturbed by i.i.d. noise of non-zero mean and non-unit variance, whose distribution
+  changes at every step;
 * :func:`activation_inputs` -- what one activation of a net sees (for percentile plots);
 * :func:`gradient_shift`, :func:`internal_covariate_shift` -- Santurkar et al.'s
   Definition 2.1: how much a layer's gradient changes when the layers below it take
@@ -42,9 +46,11 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
+from .checks import check_int
 from .repro import set_seed
 
-__all__ = ["CenteringRun", "centering_run", "ShiftScaleNoise", "add_noise", "KINDS",
+__all__ = ["CenteringRun", "centering_run", "ShiftScaleNoise", "add_noise",
+           "PerSampleNoise", "add_per_sample_noise", "KINDS",
            "make_net", "trainable_params", "loss_and_grads", "weight_layers",
            "activation_inputs", "gradient_shift", "internal_covariate_shift",
            "GradientProbe", "probe_gradient_direction", "WhyRun", "why_run",
@@ -52,11 +58,12 @@ __all__ = ["CenteringRun", "centering_run", "ShiftScaleNoise", "add_noise", "KIN
 
 
 def _check_positive(name: str, value, integer: bool = False) -> None:
-    kind = numbers.Integral if integer else numbers.Real
-    if (isinstance(value, bool) or not isinstance(value, kind)
+    if integer:                       # int, np.int64, an array element: d2lbn.checks
+        check_int(name, value)
+        return
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not (value > 0 and math.isfinite(value))):
-        what = "a positive int" if integer else "a positive finite number"
-        raise ValueError(f"{name} must be {what}; got {value!r}")
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
 
 
 # ---- 1. normalisation must be inside the gradient ------------------------------------
@@ -90,8 +97,7 @@ def centering_run(u: np.ndarray, target: np.ndarray, lr: float, num_steps: int,
         raise ValueError(f"u and target must be 1-D of one length >= 2; "
                          f"got {u.shape} and {target.shape}")
     _check_positive("lr", lr)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
+    num_steps = check_int("num_steps", num_steps, minimum=0)
     U, T = nd.array(u, dtype="float64"), nd.array(target, dtype="float64")
     b = nd.array([b0], dtype="float64")
     b.attach_grad()
@@ -118,7 +124,10 @@ class ShiftScaleNoise(nn.Block):
     """Noise after a batch-norm layer: ``y = s * x + m`` with one scale
     ``s ~ U(1, max_scale)`` and one shift ``m ~ U(-max_shift, max_shift)`` per
     channel/feature, drawn afresh at every training-mode forward pass (every step), so
-    the distribution of the next layer's input moves at every step.
+    the distribution of the next layer's input moves at every step. One ``(s, m)`` is
+    shared by every example of the batch: a random affine map of each channel (a random
+    change of batch norm's gamma and beta) that moves no example relative to the others;
+    :class:`PerSampleNoise` is the per-example kind.
 
     X: (N, C) or (N, C, H, W) -> same shape. In inference mode the noise is replaced by
     its mean, ``s = (1 + max_scale) / 2`` and ``m = 0`` (as dropout scales by its keep
@@ -143,8 +152,11 @@ class ShiftScaleNoise(nn.Block):
         kw = dict(shape=shape, ctx=X.context, dtype=X.dtype)
         scale = nd.random.uniform(1, self.max_scale, **kw)
         shift = (nd.random.uniform(-self.max_shift, self.max_shift, **kw)
-                 if self.max_shift > 0 else 0)
-        return X * scale + shift
+                 if self.max_shift > 0 else None)
+        # broadcast_like, then elementwise: the same numbers as X * scale + shift, but
+        # the backward pass of MXNet's implicit broadcast is several times slower on CPU
+        Y = X * scale.broadcast_like(X)
+        return Y if shift is None else Y + shift.broadcast_like(X)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(max_shift={self.max_shift:g}, "
@@ -173,14 +185,78 @@ def add_noise(net: gluon.Block, max_shift: float = 1.0,
     return noisy
 
 
-#: The three nets of the chapter, all LeNet with ReLU (``d2lbn.models``).
-KINDS = ("plain", "bn", "noisy-bn")
+class PerSampleNoise(nn.Block):
+    """Noise after a batch-norm layer, drawn for every activation of every example:
+    ``y = s * x + m`` with ``s`` and ``m`` of the shape of ``x``, i.i.d. given the step.
+
+    At every training-mode forward pass (every step) the noise distribution of each
+    channel ``c`` is drawn anew: a mean scale ``a_c ~ U(1, max_scale)`` and a mean shift
+    ``b_c ~ U(-max_shift, max_shift)``. Then every activation ``i`` (every example, and
+    every position of a feature map) gets its own ``s_i ~ U(a_c - spread, a_c + spread)``
+    and ``m_i ~ U(b_c - spread, b_c + spread)``, independently. Given the step,
+    ``E[y | x] = a_c x + b_c`` and ``Var[y | x] = spread**2 (x**2 + 1) / 3``: noise of
+    non-zero mean and non-unit variance, which, unlike :class:`ShiftScaleNoise`, moves the
+    examples relative to each other. ``spread`` in ``[0, 1]`` keeps ``s >= 0``;
+    ``spread=0`` is :class:`ShiftScaleNoise`.
+
+    X: (N, C) or (N, C, H, W) -> same shape. In inference mode the noise is replaced by
+    its mean, ``s = (1 + max_scale) / 2`` and ``m = 0``.
+    """
+
+    def __init__(self, max_shift: float = 1.0, max_scale: float = 3.0,
+                 spread: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value, low, high in (("max_shift", max_shift, 0, math.inf),
+                                       ("max_scale", max_scale, 1, math.inf),
+                                       ("spread", spread, 0, 1)):
+            if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                    or not (low <= value <= high and math.isfinite(value))):
+                span = f"in [{low}, {high}]" if high < math.inf else f">= {low}"
+                raise ValueError(f"{name} must be a finite number {span}; "
+                                 f"got {value!r}")
+        self.max_shift, self.max_scale = float(max_shift), float(max_scale)
+        self.spread = float(spread)
+
+    def forward(self, X: nd.NDArray) -> nd.NDArray:
+        if X.ndim not in (2, 4):
+            raise ValueError(f"X must be (N, C) or (N, C, H, W); got shape {X.shape}")
+        if not autograd.is_training():
+            return X * ((1 + self.max_scale) / 2)
+        shape = (1, X.shape[1]) + (1,) * (X.ndim - 2)
+        kw = dict(ctx=X.context, dtype=X.dtype)
+        a = nd.random.uniform(1, self.max_scale, shape=shape, **kw)      # this step's
+        b = nd.random.uniform(-self.max_shift, self.max_shift, shape=shape, **kw)
+        u = nd.random.uniform(-self.spread, self.spread, shape=(2,) + X.shape, **kw)
+        scale = a.broadcast_like(X) + u[0]                       # every activation's own
+        shift = b.broadcast_like(X) + u[1]
+        return X * scale + shift
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(max_shift={self.max_shift:g}, "
+                f"max_scale={self.max_scale:g}, spread={self.spread:g})")
+
+
+def add_per_sample_noise(net: gluon.Block, max_shift: float = 1.0,
+                         max_scale: float = 3.0, spread: float = 1.0) -> nn.Sequential:
+    """:func:`add_noise` with a :class:`PerSampleNoise` after every batch-norm layer
+    instead of a :class:`ShiftScaleNoise`."""
+    shared = add_noise(net, max_shift, max_scale)
+    noisy = nn.Sequential()
+    for layer in shared._children.values():
+        noisy.add(PerSampleNoise(max_shift, max_scale, spread)
+                  if isinstance(layer, ShiftScaleNoise) else layer)
+    return noisy
+
+
+#: The four nets of the chapter, all LeNet with ReLU (``d2lbn.models``).
+KINDS = ("plain", "bn", "noisy-bn", "noisy-bn-sample")
 
 
 def make_net(kind: str, max_shift: float = 1.0, max_scale: float = 3.0) -> gluon.Block:
     """``'plain'``: ``models.lenet()``; ``'bn'``: ``models.lenet_bn()`` (the
     from-scratch layer); ``'noisy-bn'``: the latter with :class:`ShiftScaleNoise` after
-    each batch norm."""
+    each batch norm; ``'noisy-bn-sample'``: with :class:`PerSampleNoise` (``spread=1``)
+    instead."""
     from . import models
     if kind == "plain":
         return models.lenet()
@@ -188,6 +264,8 @@ def make_net(kind: str, max_shift: float = 1.0, max_scale: float = 3.0) -> gluon
         return models.lenet_bn()
     if kind == "noisy-bn":
         return add_noise(models.lenet_bn(), max_shift, max_scale)
+    if kind == "noisy-bn-sample":
+        return add_per_sample_noise(models.lenet_bn(), max_shift, max_scale)
     raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; got {kind!r}")
 
 
@@ -241,10 +319,10 @@ def activation_inputs(net: gluon.Block, X: nd.NDArray, index: int) -> nd.NDArray
     from .experiments import frozen_moving_statistics
     children = list(net._children.values())
     acts = [i for i, c in enumerate(children) if isinstance(c, nn.Activation)]
-    if (isinstance(index, bool) or not isinstance(index, int)
-            or not 0 <= index < len(acts)):
-        raise ValueError(f"index must be an int in [0, {len(acts)}) (the net has "
-                         f"{len(acts)} activations); got {index!r}")
+    what = f"an int in [0, {len(acts)}) (the net has {len(acts)} activations)"
+    index = check_int("index", index, minimum=None, what=what)
+    if not 0 <= index < len(acts):
+        raise ValueError(f"index must be {what}; got {index!r}")
     with frozen_moving_statistics(net), autograd.train_mode():
         for layer in children[:acts[index]]:
             X = layer(X)
@@ -294,10 +372,11 @@ def internal_covariate_shift(net: gluon.Block, loss_fn, X: nd.NDArray, y: nd.NDA
     parameter of the layers before it (batch norm's gamma and beta included) takes its
     SGD step of rate ``lr``."""
     layers = weight_layers(net)
-    if (isinstance(layer, bool) or not isinstance(layer, int)
-            or not 1 <= layer < len(layers)):
-        raise ValueError(f"layer must be an int in [1, {len(layers)}): the index of a "
-                         f"conv/dense layer with layers below it; got {layer!r}")
+    what = (f"an int in [1, {len(layers)}): the index of a conv/dense layer with "
+            f"layers below it")
+    layer = check_int("layer", layer, minimum=None, what=what)
+    if not 1 <= layer < len(layers):
+        raise ValueError(f"layer must be {what}; got {layer!r}")
     children = list(net._children.values())
     position = next(i for i, c in enumerate(children) if c is layers[layer])
     below = [p for c in children[:position] for p in trainable_params(c)]
@@ -451,9 +530,12 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; "
                          f"got {kind!r}")
-    for name, value in (("num_steps", num_steps), ("batch_size", batch_size),
-                        ("measure_every", measure_every)):
-        _check_positive(name, value, integer=True)
+    num_steps, batch_size, measure_every, probe_size, test_limit = (
+        check_int(name, value) for name, value in (
+            ("num_steps", num_steps), ("batch_size", batch_size),
+            ("measure_every", measure_every), ("probe_size", probe_size),
+            ("test_limit", test_limit)))
+    probe_activation = check_int("probe_activation", probe_activation, minimum=0)
     _check_positive("lr", lr)
     train_X, train_y, test_X, test_y = data
     test_loader = ArrayLoader(test_X[:test_limit], test_y[:test_limit], 1000)

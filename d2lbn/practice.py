@@ -28,6 +28,7 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 from mxnet.lr_scheduler import CosineScheduler
 
+from .checks import check_int
 from .repro import set_seed
 
 __all__ = ["PLACEMENTS", "DROPOUT_SITES", "lenet_variant", "bn_layers", "copy_params",
@@ -160,6 +161,7 @@ def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Bl
     Uses forward pre-hooks, so a hybridized net is run un-hybridized for the measurement
     (and hybridized again afterwards).
     """
+    batch_size = check_int("batch_size", batch_size)
     if X.shape[0] == 0:
         raise ValueError("X must hold at least one example")
     sums: Dict[int, List] = {i: [0.0, 0.0, 0] for i in range(len(layers))}
@@ -286,6 +288,7 @@ class FitResult:
 def evaluate(net: gluon.Block, X: nd.NDArray, y: nd.NDArray,
              batch_size: int = 1000) -> float:
     """Accuracy of ``net`` on ``(X, y)`` in inference mode."""
+    batch_size = check_int("batch_size", batch_size)
     ctx = _context(net)
     correct = 0
     for i in range(0, X.shape[0], batch_size):
@@ -313,9 +316,9 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float,
     ``trace_every`` steps. Raises ``FloatingPointError`` on a NaN/inf loss.
     """
     from .experiments import ArrayLoader
-    if (isinstance(num_epochs, bool) or not isinstance(num_epochs, int)
-            or num_epochs <= 0):
-        raise ValueError(f"num_epochs must be a positive int; got {num_epochs!r}")
+    num_epochs = check_int("num_epochs", num_epochs)
+    batch_size = check_int("batch_size", batch_size)
+    trace_every = check_int("trace_every", trace_every)
     if not _check_real("lr", lr) > 0:
         raise ValueError(f"lr must be > 0; got {lr!r}")
     if not _check_real("wd", wd) >= 0:

@@ -32,13 +32,10 @@ from typing import List, Sequence
 from mxnet import gluon
 from mxnet.gluon import nn
 
+from .checks import check_int
+
 __all__ = ["BasicBlock", "SmallResNet", "small_resnet", "residual_gammas",
            "count_parameters"]
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
 class BasicBlock(nn.HybridBlock):
@@ -54,9 +51,10 @@ class BasicBlock(nn.HybridBlock):
     def __init__(self, channels: int, in_channels: int, stride: int = 1,
                  zero_gamma: bool = False, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("channels", channels)
-        _check_positive_int("in_channels", in_channels)
-        if stride not in (1, 2) or isinstance(stride, bool):
+        channels = check_int("channels", channels)
+        in_channels = check_int("in_channels", in_channels)
+        stride = check_int("stride", stride, what="1 or 2")
+        if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2; got {stride!r}")
         self.projection = stride != 1 or in_channels != channels
         with self.name_scope():
@@ -97,9 +95,8 @@ class SmallResNet(nn.HybridSequential):
         if len(widths) != 3:
             raise ValueError("widths must name the channels of 3 stages; "
                              f"got {widths!r}")
-        for w in widths:
-            _check_positive_int("each of widths", w)
-        _check_positive_int("blocks_per_stage", blocks_per_stage)
+        widths = tuple(check_int("each of widths", w) for w in widths)
+        blocks_per_stage = check_int("blocks_per_stage", blocks_per_stage)
         self.widths, self.blocks_per_stage, self.zero_gamma = (
             widths, blocks_per_stage, bool(zero_gamma))
         with self.name_scope():

@@ -182,3 +182,163 @@ def test_error_types_are_documented():
     assert issubclass(d2lbn.checks.ArgumentTypeError, ValueError)
     assert issubclass(train.NonFiniteLossError, train.NonFiniteError)
     assert issubclass(train.NonFiniteError, FloatingPointError)
+
+
+# --- NumPy integers as counts (issue 25): accepted wherever a Python int is -------------------------
+# Each row calls a helper twice, once with Python ints and once with the same counts as NumPy
+# integers (np.int64, np.int32, an element of an array); both must succeed and agree. The Python-int
+# call is the oracle: a NumPy integer is the same number.
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    X = nd.array(rng.uniform(size=(n, 1, 28, 28)), dtype="float32")
+    y = nd.array(rng.integers(0, 10, size=n), dtype="float32")
+    return X, y
+
+
+def _gluon_lenet():
+    from d2lbn import practice
+    d2lbn.set_seed(0)
+    net = practice.lenet_variant()
+    net.initialize(mx.init.Xavier())
+    net(_images(2)[0])
+    return net
+
+
+def _practice_fit(count):
+    from d2lbn import practice
+    X, y = _images(24)
+    net = practice.lenet_variant()
+    net.initialize()
+    net(X[:2])
+    result = practice.fit(net, (X, y, X[:8], y[:8]), count(1), 0.05, batch_size=count(8),
+                          trace={"w": net[0].weight}, trace_every=count(1), cosine=False)
+    return result.loss + result.test_acc + result.norms["w"]
+
+
+def _practice_stats(count):
+    from d2lbn import practice
+    net = _gluon_lenet()
+    X, _ = _images(12)
+    stats = practice.layer_input_stats(net, X, practice.bn_layers(net)[:2], batch_size=count(5))
+    shift = practice.variance_shift(net, X, practice.bn_layers(net)[0], batch_size=count(5))
+    practice.recalibrate_bn(net, X, batch_size=count(5))
+    acc = practice.evaluate(net, X, _images(12)[1], batch_size=count(5))
+    return [s for pair in stats for s in pair] + [shift, acc]
+
+
+def _resnet(count):
+    from d2lbn import resnet
+    net = resnet.small_resnet(widths=np.array([count(4), count(4), count(8)]) if count is np.int64
+                              else (4, 4, 8), blocks_per_stage=count(1))
+    block = resnet.BasicBlock(count(8), count(4), stride=count(2))
+    net.initialize()
+    block.initialize()
+    out = net(_images(2)[0]).shape + block(nd.ones((2, 4, 6, 6))).shape
+    return [out, resnet.count_parameters(net), resnet.count_parameters(block)]
+
+
+def _landscape(count):
+    from d2lbn import landscape
+    run = landscape.centering_run(np.arange(4.0), np.ones(4), 0.1, count(3), False)
+    d2lbn.set_seed(0)
+    net = landscape.make_net("bn")
+    net.initialize(mx.init.Xavier())
+    X, y = _images(8)
+    acts = landscape.activation_inputs(net, X, count(1)).asnumpy()
+    ics = landscape.internal_covariate_shift(net, gluon_loss(), X, y, count(1), 0.1)
+    why = landscape.why_run("bn", (X, y, X, y), count(2), 0.05, batch_size=count(4),
+                            measure_every=count(1), measure=False, probe_activation=count(2),
+                            probe_size=count(4), test_limit=count(4), seed=count(0))
+    return [run.b, acts, ics, why.train_loss, why.test_acc, why.percentiles]
+
+
+def gluon_loss():
+    return mx.gluon.loss.SoftmaxCrossEntropyLoss()
+
+
+def _diagnose(count):
+    from d2lbn import diagnose
+    net = _gluon_lenet()
+    X, y = _images(8)
+    batches = [(X[:4], y[:4]), (X[4:], y[4:])]
+    checks = diagnose.compare_statistics(net, X, batch_size=count(4))
+    stats = diagnose.input_statistics(net, batches, mx.cpu(), num_batches=count(1))
+    used = diagnose.recompute_statistics(net, batches, mx.cpu(), num_batches=count(2))
+    grad = diagnose.accumulated_gradient(net, X, y, count(4))
+    other = diagnose.lenet_gluon_bn()
+    diagnose.train_accumulated(other, batches, count(2), count(1), 0.01, mx.cpu(), seed=count(0))
+    rows = diagnose.freeze_table(seed=count(0))
+    return [[c.mean_shift for c in checks], stats, used, grad,
+            diagnose.snapshot(other)[next(iter(other.collect_params()))], rows]
+
+
+def _experiments(count):
+    from d2lbn import experiments as E
+    arrays = E.fashion_arrays(train_limit=count(16), test_limit=count(8), flatten=True)
+    fig = E.figure1_run(True, count(2), batch_size=count(4), eval_every=count(1),
+                        test_limit=count(4), probe_size=count(4), seed=count(0), data=arrays,
+                        record_unit=count(3))
+    d2lbn.set_seed(0)
+    net = E.lenet_with_norm("batch")
+    net.initialize(mx.init.Xavier())
+    X, y = _images(8)
+    loader = E.ArrayLoader(X, y, count(4))
+    E.settle_moving_statistics(net, loader, count(2), mx.cpu())
+    precise = E.precise_statistics(net, loader, count(3), mx.cpu())
+    np.random.seed(0)
+    noise = E.batch_mean_noise(nd.ones((6, 3)), count(2), num_batches=count(4))
+    mlp = E.SigmoidMLP(True, hidden=count(5), num_layers=count(2))
+    mlp.initialize()
+    return [[a.asnumpy() for a in arrays], fig.test_acc, fig.percentiles, fig.inputs,
+            E.moving_statistics(net), precise, noise, mlp(nd.ones((3, 784))).shape]
+
+
+NUMPY_COUNT_CASES = [("practice.fit", _practice_fit), ("practice statistics", _practice_stats),
+                     ("resnet", _resnet), ("landscape", _landscape), ("diagnose", _diagnose),
+                     ("experiments", _experiments)]
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b)
+        for x, z in zip(a, b):
+            _same(x, z)
+    elif isinstance(a, nd.NDArray):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+    elif hasattr(a, "__dataclass_fields__"):
+        assert a == b
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("helper", [c[1] for c in NUMPY_COUNT_CASES],
+                         ids=[c[0] for c in NUMPY_COUNT_CASES])
+def test_numpy_integers_are_counts(helper):
+    """np.int64 / np.int32 counts (and array elements) give what Python ints give."""
+    expected = helper(int)
+    _same(helper(np.int64), expected)
+    _same(helper(lambda v: np.array([v], dtype=np.int32)[0]), expected)
+
+
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: __import__("d2lbn.resnet").resnet.small_resnet(blocks_per_stage=1.0),
+     TypeError, r"blocks_per_stage must be a positive int; got 1.0 \(float\)"),
+    (lambda: __import__("d2lbn.resnet").resnet.small_resnet(blocks_per_stage=np.int64(0)),
+     ValueError, r"blocks_per_stage must be a positive int; got 0"),
+    (lambda: __import__("d2lbn.resnet").resnet.small_resnet(blocks_per_stage=True),
+     TypeError, r"blocks_per_stage must be a positive int; got True \(bool\)"),
+    (lambda: __import__("d2lbn.landscape").landscape.centering_run(
+        np.arange(3.0), np.ones(3), 0.1, 2.0, False),
+     TypeError, r"num_steps must be an int >= 0; got 2.0 \(float\)"),
+    (lambda: __import__("d2lbn.diagnose").diagnose.compare_statistics(
+        _gluon_lenet(), _images(4)[0], batch_size=np.float64(4)),
+     TypeError, r"batch_size must be a positive int; got 4.0 \(float64\)"),
+    (lambda: __import__("d2lbn.experiments").experiments.precise_statistics(
+        None, [], np.int64(-2), mx.cpu()),
+     ValueError, r"num_batches must be a positive int; got -2"),
+], ids=["resnet float", "resnet np zero", "resnet bool", "landscape float", "diagnose np float",
+        "experiments np negative"])
+def test_non_integer_counts_say_what_they_got(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
