@@ -13,17 +13,25 @@ statistics of the whole mini-batch: the result is what one device would compute 
   per-device slices, so that a synchronised layer can see all of them at once;
 * :func:`data_parallel_lenet` and :func:`data_parallel_step` -- LeNet and one SGD step on several
   contexts, with ``'local'`` (per-device), ``'sync'`` (from scratch) or ``'mxnet-sync'``
-  (``gluon.contrib.nn.SyncBatchNorm``) batch norm.
+  (``gluon.contrib.nn.SyncBatchNorm``) batch norm;
+* :func:`moving_statistics`, :func:`trace_moving_statistics` and
+  :func:`average_moving_statistics` -- what happens to the per-device moving statistics: the
+  Gluon ``Trainer``'s first ``step`` copies *every* parameter, the moving statistics included,
+  from the first device (or rank 0) to the others (MXNet 1.9.1, ``gluon/trainer.py``:
+  ``_reset_kvstore`` puts every parameter in ``_params_to_init``, ``_init_params`` broadcasts
+  each); only the gradients of later steps skip them (``grad_req='null'``).
 
 Contexts may be GPUs (``mx.gpu(0)``, ``mx.gpu(1)``) or, to try it all on one machine, CPU contexts
 (``mx.cpu(0)``, ``mx.cpu(1)``): MXNet keeps separate copies of the parameters on each.
 """
 from __future__ import annotations
 
+import sys
 import threading
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import mxnet as mx
+import numpy as np
 from mxnet import autograd, gluon, init, nd
 from mxnet.gluon import nn
 
@@ -32,11 +40,15 @@ from .checks import (check_int, check_layer_args, check_layer_dtype, check_momen
 from .norm import add_norm_params
 
 __all__ = ["split_batch", "all_reduce_sum", "sync_moments", "sync_batch_norm", "SyncBatchNorm",
-           "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "in_threads", "data_parallel_step",
-           "NORMS"]
+           "ListSequential", "data_parallel_lenet", "reference_and_data_parallel", "in_threads",
+           "data_parallel_step", "forward_backward", "moving_statistics", "trace_moving_statistics",
+           "average_moving_statistics", "NORMS", "MOVING"]
 
 #: The kinds of batch norm :func:`data_parallel_lenet` builds.
 NORMS = ("local", "sync", "mxnet-sync")
+#: How the moving statistics are named: d2lbn's and Gluon's layers (``moving_*``), MXNet's
+#: ``SyncBatchNorm`` (``running_*``).
+MOVING = ("moving_mean", "moving_var", "running_mean", "running_var")
 
 
 def _check_contexts(ctxs: Sequence[mx.Context]) -> List[mx.Context]:
@@ -249,12 +261,15 @@ class ListSequential(nn.Block):
 def data_parallel_lenet(norm: str, num_devices: int, activation: str = "relu") -> gluon.Block:
     """LeNet (the layout of ``d2lbn.models``) for data-parallel training on ``num_devices`` contexts.
 
-    norm: ``'local'`` -- ``d2lbn.norm.BatchNorm`` (``impl='naive'``, the formula as written: the
-    reference the synchronised versions are checked against), each device with its own slice's statistics;
-    ``'sync'`` -- :class:`SyncBatchNorm`, from scratch (the net is a :class:`ListSequential`: call it
-    with the list of slices); ``'mxnet-sync'`` -- ``gluon.contrib.nn.SyncBatchNorm`` (call it on each
-    slice in turn inside one ``autograd.record()``: MXNet's operator waits for all ``num_devices``
-    slices before it computes).
+    norm: ``'local'`` -- ``d2lbn.norm.BatchNorm`` (``impl='naive'``, the formula as written:
+    the reference the synchronised versions are checked against), each device with its own
+    slice's statistics; ``'sync'`` -- :class:`SyncBatchNorm`, from scratch (the net is a
+    :class:`ListSequential`: call it with the list of slices); ``'mxnet-sync'`` --
+    ``gluon.contrib.nn.SyncBatchNorm``, whose operator blocks until all ``num_devices``
+    devices have reached it: run each device's forward and backward pass in its own thread,
+    as :func:`data_parallel_step` does (:func:`in_threads`). Calling the slices one after
+    another from one thread can wait forever (it does on MXNet 1.9.1 once a net holds two
+    such layers).
     """
     from . import models
     from .norm import BatchNorm
@@ -329,14 +344,30 @@ def in_threads(work, n: int) -> list:
 
 def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer,
                        loss_fn: gluon.loss.Loss, X: nd.NDArray, y: nd.NDArray,
-                       ctxs: Sequence[mx.Context]) -> float:
+                       ctxs: Sequence[mx.Context],
+                       batch_size: Optional[int] = None) -> float:
     """One SGD step of data-parallel training; returns the batch's mean loss.
 
-    X: (N, 1, 28, 28), y: (N,) with N divisible by ``len(ctxs)``. The batch is split
-    over ``ctxs``, each slice's loss is computed on its device (a
-    :class:`ListSequential` sees all slices at once), the backward passes run, and
-    ``trainer.step(N)`` sums the gradients over the devices (MXNet's kvstore) and
-    applies the same update to every device's copy of the parameters.
+    X: (N, 1, 28, 28), y: (N,) with N divisible by ``len(ctxs)``.
+    :func:`forward_backward` computes every slice's loss and gradients on its device;
+    ``trainer.step`` then sums the gradients over the devices (MXNet's kvstore) and
+    applies the same update to every device's copy of the parameters. ``batch_size``
+    (default N) is what ``trainer.step`` divides by: in a job of several processes, the
+    global batch. A Trainer's *first* step also copies every parameter, the moving
+    statistics included, from the first device to the others
+    (:func:`trace_moving_statistics` shows it).
+    """
+    losses = forward_backward(net, loss_fn, X, y, ctxs)
+    trainer.step(X.shape[0] if batch_size is None else batch_size)
+    return sum(float(l.sum().asscalar()) for l in losses) / X.shape[0]
+
+
+def forward_backward(net: gluon.Block, loss_fn: gluon.loss.Loss, X: nd.NDArray,
+                     y: nd.NDArray, ctxs: Sequence[mx.Context]) -> List[nd.NDArray]:
+    """The forward and backward passes of :func:`data_parallel_step`: split X: (N, 1,
+    28, 28) and y: (N,) over ``ctxs``, compute each slice's loss on its device (a
+    :class:`ListSequential` sees all slices at once) and back-propagate; returns the
+    per-slice losses (the gradients stay in the parameters, one copy per device).
 
     With ``gluon.contrib.nn.SyncBatchNorm`` each device runs its forward and backward
     pass in its own thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator
@@ -372,5 +403,110 @@ def data_parallel_step(net: gluon.Block, trainer: gluon.Trainer,
                 scores = [net(Xk) for Xk in Xs]
             losses = [loss_fn(s, yk) for s, yk in zip(scores, ys)]
         autograd.backward(losses)
-    trainer.step(X.shape[0])
-    return sum(float(l.sum().asscalar()) for l in losses) / X.shape[0]
+    return losses
+
+
+# ---- what the Trainer does to the moving statistics ----------------------------------
+
+def _moving_parameters(net: gluon.Block) -> list:
+    return [p for name, p in net.collect_params().items() if name.endswith(MOVING)]
+
+
+def moving_statistics(net: gluon.Block, ctx: mx.Context) -> np.ndarray:
+    """Every moving statistic of ``net`` (moving means and variances of every batch-norm
+    layer, ``collect_params()`` order) on ``ctx``, concatenated: a float64 vector."""
+    moving = _moving_parameters(net)
+    if not moving:
+        raise ValueError("net has no moving statistics (no parameter whose name ends "
+                         f"in one of {MOVING})")
+    return np.concatenate([p.data(ctx).asnumpy().astype(np.float64).ravel()
+                           for p in moving])
+
+
+def trace_moving_statistics(net: gluon.Block, trainer: gluon.Trainer,
+                            loss_fn: gluon.loss.Loss, batches,
+                            ctxs: Sequence[mx.Context],
+                            batch_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Train ``net`` on ``batches`` and record its moving statistics on every context
+    around each ``trainer.step``.
+
+    batches: a sequence of ``(X, y)``, each split over ``ctxs`` as in
+    :func:`data_parallel_step` (in a job of several processes: this worker's part, with
+    ``ctxs=[its context]`` and ``batch_size`` the global batch). Returns ``'before'``
+    and ``'after'``, float64 arrays (steps, len(ctxs), S) of :func:`moving_statistics`:
+    ``'before'`` after the step's forward and backward passes (by then every batch-norm
+    layer has updated its moving statistics from its own slice: d2lbn's in the forward
+    pass, MXNet's CPU layer in the backward pass), ``'after'`` after ``trainer.step``.
+    Every pending operation finishes before the step (``nd.waitall()``), as
+    ``d2lbn.distributed.step`` does.
+    """
+    ctxs = _check_contexts(ctxs)
+    before, after = [], []
+    for X, y in batches:
+        forward_backward(net, loss_fn, X, y, ctxs)
+        nd.waitall()
+        before.append([moving_statistics(net, c) for c in ctxs])
+        trainer.step(X.shape[0] if batch_size is None else batch_size)
+        after.append([moving_statistics(net, c) for c in ctxs])
+    if not before:
+        raise ValueError("batches must hold at least one (X, y)")
+    return {"before": np.array(before), "after": np.array(after)}
+
+
+def average_moving_statistics(net: gluon.Block, ctxs: Sequence[mx.Context]) -> None:
+    """Replace every moving statistic of ``net`` on every context of ``ctxs`` by its
+    mean over ``ctxs`` (in place).
+
+    For the moving means this is the mean over all devices' slices. For the moving
+    variances it is the mean of per-slice variances, which lacks the spread *between*
+    the slice means (the variance decomposition), so it underestimates the variance of
+    whole batches; recomputing the statistics on whole batches (precise statistics)
+    does not.
+    """
+    ctxs = _check_contexts(ctxs)
+    for p in _moving_parameters(net):
+        copies = [p.data(c).as_in_context(ctxs[0]) for c in ctxs]
+        mean = nd.add_n(*copies) / len(copies)
+        for c in ctxs:
+            p.data(c)[:] = mean.as_in_context(c)
+
+
+def _dist_trace_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m d2lbn.parallel --out PREFIX [--steps 3] [--batch-size 32]
+    [--seed 0]``, run by every worker of a ``dist_sync`` job (started by
+    ``python -m d2lbn launch``):
+    LeNet-BN with per-worker batch norm (``d2lbn.distributed.dist_lenet('local')``),
+    trained on this worker's shards of the first Fashion-MNIST images by
+    :func:`trace_moving_statistics`; writes its arrays and ``rank`` to
+    ``PREFIX-rank{r}.npz``."""
+    import argparse
+    from . import distributed as D
+    from .repro import set_seed
+    parser = argparse.ArgumentParser(prog="python -m d2lbn.parallel")
+    parser.add_argument("--out", required=True, help="path prefix of the results")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    kv = D.dist_kvstore()
+    X, y = D.lockstep_data("fashion", args.steps * args.batch_size)
+    mine = nd.array(D.shard(np.arange(args.batch_size), kv.rank, kv.num_workers),
+                    dtype="int64")
+    batches = [(X[t * args.batch_size:(t + 1) * args.batch_size].take(mine),
+                y[t * args.batch_size:(t + 1) * args.batch_size].take(mine))
+               for t in range(args.steps)]
+    net = D.dist_lenet("local")
+    net.initialize(init.Xavier())
+    set_seed(args.seed)
+    with autograd.predict_mode():
+        net(batches[0][0])                 # infer shapes (no communication)
+    trainer = D.dist_trainer(net, kv, 0.1)
+    trace = trace_moving_statistics(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(),
+                                    batches, [mx.cpu()], batch_size=args.batch_size)
+    np.savez(f"{args.out}-rank{kv.rank}.npz", rank=np.array(kv.rank), **trace)
+    print(f"rank {kv.rank}: {args.steps} steps traced", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_dist_trace_main())

@@ -179,3 +179,140 @@ def test_data_parallel_training_equals_one_device_only_when_synchronised(norm, s
 def test_bad_arguments(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+# ---- the Trainer's first step and the moving statistics -------------------------------------------
+
+def _gluon_bn_net(ctxs):
+    """A small net with Gluon's own BatchNorm (on the CPU MXNet updates its moving statistics
+    in the backward pass), initialised on ``ctxs``."""
+    net = gluon.nn.Sequential()
+    net.add(gluon.nn.Conv2D(4, kernel_size=3), gluon.nn.BatchNorm(), gluon.nn.Activation("relu"),
+            gluon.nn.Flatten(), gluon.nn.Dense(10))
+    net.initialize(mx.init.Xavier(), ctx=ctxs)
+    return net
+
+
+def _steps_of_shifted_images(steps=3, n=8):
+    """``steps`` batches (X, y) of n images; the second half of each batch is brighter, so the two
+    devices' slices have different statistics."""
+    d2lbn.set_seed(5)
+    batches = []
+    for _ in range(steps):
+        X = nd.random.uniform(shape=(n, 1, 12, 12))
+        X[n // 2:] = X[n // 2:] * 3 + 1
+        batches.append((X, nd.array(np.arange(n) % 10)))
+    return batches
+
+
+@pytest.mark.parametrize("kind", ["d2lbn", "gluon"])
+def test_first_trainer_step_copies_device_0s_moving_statistics(kind):
+    """MXNet 1.9.1's Trainer puts every parameter in _params_to_init and its first step() broadcasts
+    each from the first device, moving statistics (grad_req='null') included; later steps leave
+    them alone, so the devices' statistics part again. Oracle: device 0's values read before the
+    step."""
+    batches = _steps_of_shifted_images()
+    if kind == "d2lbn":
+        _, net = P.reference_and_data_parallel("local", CTXS, nd.zeros((8, 1, 28, 28)), seed=0)
+        batches = [(nd.tile(X, (1, 1, 3, 3))[:, :, :28, :28], y) for X, y in batches]
+    else:
+        net = _gluon_bn_net(CTXS)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    trace = P.trace_moving_statistics(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(), batches,
+                                      CTXS)
+    before, after = trace["before"], trace["after"]
+    assert before.shape == after.shape and before.shape[:2] == (3, 2)
+    # before the first step each device has updated its statistics from its own slice
+    assert np.abs(before[0, 0] - before[0, 1]).max() > 1e-2
+    # the first step: device 1 receives device 0's statistics, device 0 keeps its own
+    np.testing.assert_array_equal(after[0, 1], before[0, 0])
+    np.testing.assert_array_equal(after[0, 0], before[0, 0])
+    # later steps do not touch the moving statistics, which part again from the next slices on
+    for s in (1, 2):
+        np.testing.assert_array_equal(after[s], before[s])
+        assert np.abs(after[s, 0] - after[s, 1]).max() > 1e-3
+
+
+def test_one_device_trainer_has_no_kvstore_and_broadcasts_nothing():
+    """With one context the Trainer creates no kvstore (model._create_kvstore), so nothing is
+    copied: the statistics after the step are those before it."""
+    net = _gluon_bn_net(CTXS[:1])
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    trace = P.trace_moving_statistics(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(),
+                                      _steps_of_shifted_images(1), CTXS[:1])
+    assert trainer._kvstore is None
+    np.testing.assert_array_equal(trace["after"], trace["before"])
+
+
+def test_average_moving_statistics_is_the_mean_over_devices_and_nothing_else():
+    net = _gluon_bn_net(CTXS)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    P.trace_moving_statistics(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(),
+                              _steps_of_shifted_images(2), CTXS)
+    stats = [P.moving_statistics(net, c) for c in CTXS]
+    assert np.abs(stats[0] - stats[1]).max() > 1e-3
+    others = {name: [p.data(c).asnumpy().copy() for c in CTXS]
+              for name, p in net.collect_params().items() if not name.endswith(P.MOVING)}
+    P.average_moving_statistics(net, CTXS)
+    for c in CTXS:
+        np.testing.assert_allclose(P.moving_statistics(net, c), (stats[0] + stats[1]) / 2,
+                                   rtol=1e-6, atol=1e-7)
+    for name, p in net.collect_params().items():
+        if name in others:
+            for k, c in enumerate(CTXS):
+                np.testing.assert_array_equal(p.data(c).asnumpy(), others[name][k])
+
+
+def test_data_parallel_step_divides_by_the_batch_size_it_is_given():
+    """SGD without momentum: dividing by 2N instead of N halves every weight's first update."""
+    X, y = _steps_of_shifted_images(1)[0]
+    changes = []
+    for batch_size in (None, 16):
+        d2lbn.set_seed(2)
+        net = _gluon_bn_net(CTXS)
+        dense = net[-1]
+        net(X[:4].as_in_context(CTXS[0]))
+        w0 = dense.weight.data(CTXS[0]).asnumpy().copy()
+        trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+        P.data_parallel_step(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(), X, y, CTXS,
+                             batch_size=batch_size)
+        changes.append(dense.weight.data(CTXS[0]).asnumpy() - w0)
+    np.testing.assert_allclose(changes[1], changes[0] / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_moving_statistics_helpers_reject_what_they_cannot_use():
+    plain = gluon.nn.Dense(3, in_units=2)
+    plain.initialize(ctx=CTXS)
+    with pytest.raises(ValueError, match="no moving statistics"):
+        P.moving_statistics(plain, CTXS[0])
+    net = _gluon_bn_net(CTXS)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="at least one"):
+        P.trace_moving_statistics(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(), [], CTXS)
+
+
+def test_dist_sync_first_step_gives_every_worker_rank_0s_statistics(tmp_path):
+    """Two worker processes of a dist_sync job (python -m d2lbn launch, one server), per-worker batch
+    norm: the Trainer's first step broadcasts rank 0's moving statistics (kvstore init by rank 0,
+    then a pull by every worker); later steps leave them alone and the workers part."""
+    import io
+    import os
+    import sys
+    from d2lbn.launch import launch
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out, log = tmp_path / "trace", io.StringIO()
+    env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    code = launch([sys.executable, "-m", "d2lbn.parallel", "--out", str(out), "--steps", "3",
+                   "--batch-size", "16"], 2, 1, out=log, env=env, timeout=240)
+    assert code == 0, log.getvalue()
+    ranks = [dict(np.load(f"{out}-rank{r}.npz")) for r in range(2)]
+    assert [int(r["rank"]) for r in ranks] == [0, 1]
+    before = [r["before"][:, 0] for r in ranks]          # (steps, S) per rank
+    after = [r["after"][:, 0] for r in ranks]
+    assert np.abs(before[0][0] - before[1][0]).max() > 1e-2
+    np.testing.assert_array_equal(after[1][0], before[0][0])
+    np.testing.assert_array_equal(after[0][0], before[0][0])
+    for s in (1, 2):
+        np.testing.assert_array_equal(after[0][s], before[0][s])
+        np.testing.assert_array_equal(after[1][s], before[1][s])
+        assert np.abs(after[0][s] - after[1][s]).max() > 1e-3
