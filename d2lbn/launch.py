@@ -21,7 +21,10 @@ suite needs:
   every other process is stopped (SIGTERM, then SIGKILL after a grace period), one line
   says which process failed and how, and the launcher returns non-zero; each child runs
   in its own process group and is told by the kernel to die with the launcher
-  (``PR_SET_PDEATHSIG``), so none is left behind.
+  (``PR_SET_PDEATHSIG``), so none is left behind;
+* if the launcher's own output goes away (``... | head -1``), it keeps reading every
+  process's output (so none blocks on a full pipe), stops the job the same way and exits
+  with 141 (128 + SIGPIPE) after one line on stderr.
 
 With ``--hostfile FILE`` (one host per line) :func:`hostfile_commands` prints, instead
 of running anything, the ``ssh`` command lines that start the same job on several
@@ -43,7 +46,8 @@ from typing import Dict, IO, List, Optional, Sequence
 
 __all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "launch",
            "launch_main", "main", "add_arguments", "run_args",
-           "hostfile_commands", "read_hostfile", "LOCALHOST", "SERVER_COMMAND"]
+           "hostfile_commands", "read_hostfile", "LOCALHOST", "SERVER_COMMAND",
+           "silence_stdout"]
 
 LOCALHOST = "127.0.0.1"
 #: What the scheduler and the servers run: importing mxnet with DMLC_ROLE set runs
@@ -56,6 +60,8 @@ SERVER_COMMAND = [sys.executable, "-c",
 ENV_DEFAULTS = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
 #: Seconds between SIGTERM and SIGKILL when stopping the processes.
 GRACE_SECONDS = 3.0
+#: The launcher's exit status when its own output was closed (as if killed by SIGPIPE).
+OUTPUT_CLOSED = 128 + signal.SIGPIPE
 
 
 class LaunchError(RuntimeError):
@@ -151,25 +157,48 @@ def _die_with_parent() -> None:           # runs in the child between fork and e
         _PRCTL(1, int(signal.SIGKILL))
 
 
-def _pump(proc: Process, out: IO[str], lock: threading.Lock) -> None:
-    """Copy the process's output to ``out``, one prefixed line at a time."""
+def _pump(proc: Process, out: IO[str], lock: threading.Lock,
+          output_gone: threading.Event) -> None:
+    """Copy the process's output to ``out``, one prefixed line at a time.
+
+    When ``out`` fails (its reader went away: ``... | head -1``, a closed terminal), set
+    ``output_gone`` and keep reading the process's output to its end, discarding it, so
+    that the process never blocks on a full pipe while the launcher stops the job."""
     prefix = f"[{proc.label}] "
     for raw in iter(proc.popen.stdout.readline, b""):
+        if output_gone.is_set():
+            continue
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         with lock:
-            out.write(prefix + line + "\n")
-            out.flush()
+            try:
+                out.write(prefix + line + "\n")
+                out.flush()
+            except (OSError, ValueError):    # EPIPE, EIO, or a closed file object
+                output_gone.set()
     proc.popen.stdout.close()
 
 
-def _start(proc: Process, out: IO[str], lock: threading.Lock) -> None:
+def silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that the interpreter's last flush of a
+    ``sys.stdout`` whose reader has gone cannot print a ``BrokenPipeError`` at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _start(proc: Process, out: IO[str], lock: threading.Lock,
+           output_gone: threading.Event) -> None:
     env = dict(os.environ)
     env.update(proc.env)
     env["PYTHONUNBUFFERED"] = "1"          # lines arrive as they are printed
     proc.popen = subprocess.Popen(proc.command, env=env, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   start_new_session=True, preexec_fn=_die_with_parent)
-    proc.reader = threading.Thread(target=_pump, args=(proc, out, lock), daemon=True)
+    proc.reader = threading.Thread(target=_pump, args=(proc, out, lock, output_gone),
+                                   daemon=True)
 
 
 def _stop(procs: Sequence[Process], grace: float = GRACE_SECONDS) -> None:
@@ -229,6 +258,7 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     command = _check_args(command, num_workers, num_servers)
     out = sys.stdout if out is None else out
     lock = threading.Lock()
+    output_gone = threading.Event()
     root_port = free_port()
     # servers first, then workers, each with ports in increasing order: ranks follow
     # launch order
@@ -265,7 +295,7 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     try:
         for p in procs:                    # every fork before any reader thread runs
             try:
-                _start(p, out, lock)
+                _start(p, out, lock, output_gone)
             except OSError as err:
                 _stop(procs)
                 raise LaunchError(f"launch: cannot start {p.label} "
@@ -277,6 +307,12 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
         while True:
             if interrupted:
                 raise KeyboardInterrupt(interrupted[0])
+            if output_gone.is_set():
+                running = sum(p.popen.poll() is None for p in procs)
+                _stop(procs)
+                raise LaunchError(f"launch: the output was closed; stopped {running} "
+                                  f"running process{'es' if running != 1 else ''}",
+                                  OUTPUT_CLOSED)
             for p in procs:
                 code = p.popen.poll()
                 if code is not None and code != 0:
@@ -388,6 +424,8 @@ def launch_main(command: Sequence[str], num_workers: int, num_servers: int = 1,
             return 0
         return launch(command, num_workers, num_servers)
     except LaunchError as err:
+        if err.returncode == OUTPUT_CLOSED:
+            silence_stdout()
         print(str(err), file=sys.stderr, flush=True)
         return err.returncode
     except ValueError as err:

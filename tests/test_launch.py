@@ -4,6 +4,7 @@ ports found free at launch time; every test is bounded in time and checks, by a 
 environment that every child inherits, that no process of its job is left behind."""
 import io
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -241,3 +242,45 @@ def test_a_command_that_does_not_exist_is_one_line(capsys):
     assert main(["launch", "-n", "1", "--", "/nonexistent/python", "train.py"]) == 127
     err = capsys.readouterr().err
     assert err.startswith("launch: cannot start worker 0 (/nonexistent/python train.py)") and "No such file" in err
+
+
+# ---- round three (issue 25): output closed, SIGHUP, open-file limit, printed commands -------------
+
+# A worker that prints for ever, and one that also starts a child of its own (same group) and waits.
+CHATTY_WORKER = ("import itertools\nfor i in itertools.count():\n"
+                 "    print('line', i, 'x' * 100, flush=True)")
+PARENT_WORKER = ("import os, subprocess, sys, time\n"
+                 "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                 "print('ready pid', os.getpid(), 'child', child.pid, flush=True)\n"
+                 "time.sleep(120)")
+
+
+def _kill_token(token: str) -> None:
+    for pid in _processes_with(token):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_launcher_output_closed_early_ends_the_job_without_hanging(tmp_path):
+    """`launch ... | head -1`: the launcher's stdout goes away while a worker keeps printing. Before
+    the fix the copying thread died of BrokenPipeError, the worker filled its pipe, and the job hung."""
+    token = uuid.uuid4().hex
+    err, status = tmp_path / "stderr", tmp_path / "status"
+    launcher = " ".join(shlex.quote(a) for a in [sys.executable, "-c", CLI, "launch", "-n", "1", "--",
+                                                 sys.executable, "-c", CHATTY_WORKER])
+    script = f"{launcher} 2>{shlex.quote(str(err))} | head -1; echo ${{PIPESTATUS[0]}} >{shlex.quote(str(status))}"
+    try:
+        run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env=_env(token))
+    except subprocess.TimeoutExpired:
+        pytest.fail("the launcher hung after its output was closed")
+    finally:
+        _kill_token(token)
+    assert run.stdout.startswith("[worker 0] line 0 "), run.stdout
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "output was closed" in stderr, stderr
+    assert int(status.read_text()) == 128 + signal.SIGPIPE
+    _assert_none_left(token)
