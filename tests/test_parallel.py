@@ -316,3 +316,26 @@ def test_dist_sync_first_step_gives_every_worker_rank_0s_statistics(tmp_path):
         np.testing.assert_array_equal(after[0][s], before[0][s])
         np.testing.assert_array_equal(after[1][s], before[1][s])
         assert np.abs(after[0][s] - after[1][s]).max() > 1e-3
+
+
+def test_mxnet_sync_batch_norm_leaves_running_statistics_alone_in_the_forward_pass(rng):
+    """On the CPU (the GPU counterpart is in tests/gpu/test_gpu_devices.py): after the threaded
+    forward passes the running statistics are still 0 and 1; the backward passes write them."""
+    bn = gluon.contrib.nn.SyncBatchNorm(in_channels=3, num_devices=2, momentum=0.0)
+    bn.initialize(ctx=CTXS)
+    x = shifted_batch(rng, (8, 3, 2, 2))
+    Xs = slices(x, (4, 4))
+    after_forward = [None, None]
+
+    def work(k):
+        with autograd.record():
+            out = bn(Xs[k]).sum()
+        after_forward[k] = bn.running_mean.data(CTXS[k]).asnumpy().copy()
+        out.backward()
+
+    P.in_threads(work, 2)
+    nd.waitall()
+    for k, c in enumerate(CTXS):
+        np.testing.assert_array_equal(after_forward[k], np.zeros(3))
+        np.testing.assert_allclose(bn.running_mean.data(c).asnumpy(), x.mean(axis=(0, 2, 3)),
+                                   rtol=1e-5, atol=1e-5)
