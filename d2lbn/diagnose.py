@@ -130,9 +130,33 @@ def input_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context, traini
     biased variance of all the values a layer received (the sample pooled). ``training=True``: in
     training mode (every layer normalising with its batch's statistics), as during training; the
     result is the average of the per-batch means and biased variances, what Algorithm 2 averages.
-    The moving statistics are left as they were.
+    The moving statistics are left as they were. A NaN or infinity in a batch is a ``ValueError``
+    naming the batch (0-based index); so is one in the input of a layer in training mode (in
+    inference mode it can come from an earlier layer's non-finite stored statistics, which
+    :func:`compare_statistics` reports).
     """
     return _input_statistics(net, batches, ctx, training, num_batches)[0]
+
+
+def _check_finite_input(X: nd.NDArray, b: int) -> None:
+    if not isinstance(X, nd.NDArray):
+        raise TypeError(f"batch {b} of batches: X must be an mxnet NDArray, "
+                        f"got {type(X).__name__}")
+    bad = int((~np.isfinite(X.asnumpy())).sum())
+    if bad:
+        raise ValueError(f"batch {b} of batches (counting from 0) holds NaN or infinite "
+                         f"values in X ({bad} of them): its statistics would make every "
+                         f"moving statistic NaN; remove or repair that batch (no moving "
+                         f"statistic was changed)")
+
+
+def _check_finite_moments(mean: np.ndarray, var: np.ndarray, k: int, layer: gluon.Block,
+                          b: int) -> None:
+    if not (np.isfinite(mean).all() and np.isfinite(var).all()):
+        raise ValueError(f"the input of batch-norm layer {k} ({layer.name}) is NaN or "
+                         f"infinite in batch {b} of batches (counting from 0), although X "
+                         f"is finite: a parameter before it is not finite or the activations "
+                         f"overflow (no moving statistic was changed)")
 
 
 def _input_statistics(net, batches, ctx, training, num_batches):
@@ -154,9 +178,12 @@ def _input_statistics(net, batches, ctx, training, num_batches):
                 if num_batches is not None and b >= num_batches:
                     break
                 h, k = X.as_in_context(ctx), 0
+                _check_finite_input(X, b)
                 for layer in layers:
                     if is_batch_norm(layer):
                         m, v = channel_moments(h)
+                        if training:     # in inference mode a bad stored statistic
+                            _check_finite_moments(m, v, k, layer, b)   # is a finding
                         means[k].append(m)
                         variances[k].append(v)
                         k += 1

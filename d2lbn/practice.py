@@ -151,6 +151,25 @@ def _batches(X: nd.NDArray, batch_size: int):
         yield X[i:i + batch_size]
 
 
+def _batch_span(b: int, batch_size: int, n: int) -> str:
+    return f"batch {b} (examples {b * batch_size}-{min(n, (b + 1) * batch_size) - 1})"
+
+
+def _check_finite_batches(X: nd.NDArray, batch_size: int) -> None:
+    """Raise a ``ValueError`` naming the first batch of ``X`` (in batches of
+    ``batch_size``) that holds a NaN or an infinity."""
+    rows = X.reshape((X.shape[0], -1))
+    bad = np.flatnonzero(~np.isfinite(rows.asnumpy()).all(axis=1))
+    if bad.size:
+        first = int(bad[0])
+        count = int((~np.isfinite(rows[first].asnumpy())).sum())
+        raise ValueError(
+            f"{_batch_span(first // batch_size, batch_size, X.shape[0])}, counting from 0, "
+            f"of X holds NaN or infinite values ({count} in example {first}, "
+            f"{bad.size} example(s) in all): its statistics would be NaN and the net "
+            f"would give every image the same scores; remove or repair those examples")
+
+
 def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Block],
                       batch_size: int = 500) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Mean and biased variance, per channel/feature, of the input of each of ``layers``
@@ -159,18 +178,35 @@ def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Bl
     3) for 4-D inputs, axis 0 for 2-D ones.
 
     Uses forward pre-hooks, so a hybridized net is run un-hybridized for the measurement
-    (and hybridized again afterwards).
+    (and hybridized again afterwards). A NaN or infinity in ``X``, or in the input a
+    layer receives, is a ``ValueError`` naming the batch (and the layer).
     """
+    return _layer_input_stats(net, X, layers, batch_size, list(range(len(layers))))
+
+
+def _layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Block],
+                       batch_size: int, numbers: Sequence[int]
+                       ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """:func:`layer_input_stats`; ``numbers``: how errors number the layers."""
     batch_size = check_int("batch_size", batch_size)
     if X.shape[0] == 0:
         raise ValueError("X must hold at least one example")
+    _check_finite_batches(X, batch_size)
     sums: Dict[int, List] = {i: [0.0, 0.0, 0] for i in range(len(layers))}
+    current = [0]                                      # the batch being run
 
     def hook_for(i: int):
         def hook(block, inputs):
             Z = inputs[0]
             axes = (0,) if Z.ndim == 2 else (0, 2, 3)
             z = Z.asnumpy().astype(np.float64)
+            if not np.isfinite(z).all():
+                raise ValueError(
+                    f"the input of batch-norm layer {numbers[i]} ({block.name}) holds NaN "
+                    f"or infinite values in {_batch_span(current[0], batch_size, X.shape[0])}"
+                    f", counting from 0, although X is finite (a weight or stored statistic "
+                    f"before it is not finite, or the activations overflow): its statistics "
+                    f"would be NaN")
             sums[i][0] = sums[i][0] + z.sum(axis=axes)
             sums[i][1] = sums[i][1] + (z * z).sum(axis=axes)
             sums[i][2] += z.size // z.shape[1]
@@ -184,7 +220,8 @@ def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Bl
     try:
         ctx = _context(net)
         with autograd.predict_mode():
-            for Xb in _batches(X, batch_size):
+            for b, Xb in enumerate(_batches(X, batch_size)):
+                current[0] = b
                 net(Xb.as_in_context(ctx))
     finally:
         for h in handles:
@@ -222,16 +259,27 @@ def recalibrate_bn(net: gluon.Block, X: nd.NDArray, batch_size: int = 500) -> in
     ``X`` (N, 1, 28, 28), the net in inference mode. Layer by layer, in order, so each
     layer's statistics are those it meets once the layers before it have been
     recalibrated. No weight changes. Returns the number of layers.
+
+    A NaN or infinity in ``X`` (or in a layer's input) is a ``ValueError`` naming the
+    batch, raised before any statistic changes (or after restoring them all).
     """
+    batch_size = check_int("batch_size", batch_size)
     layers = bn_layers(net)
     if not layers:
         raise ValueError("net has no batch-norm layers to recalibrate (AdaBN needs "
                          "gluon.nn.BatchNorm or d2lbn.norm.BatchNorm layers)")
-    for layer in layers:
-        (mean, var), = layer_input_stats(net, X, [layer], batch_size)
-        moving_mean, moving_var = _moving(layer)
-        moving_mean.set_data(nd.array(mean, dtype="float32"))
-        moving_var.set_data(nd.array(var, dtype="float32"))
+    _check_finite_batches(X, batch_size)
+    saved = [[p.data().copy() for p in _moving(layer)] for layer in layers]
+    try:
+        for i, layer in enumerate(layers):
+            (mean, var), = _layer_input_stats(net, X, [layer], batch_size, [i])
+            for param, value in zip(_moving(layer), (mean, var)):
+                param.set_data(nd.array(value, dtype=param.dtype))
+    except BaseException:                   # no layer keeps statistics of an aborted pass
+        for layer, values in zip(layers, saved):
+            for param, value in zip(_moving(layer), values):
+                param.set_data(value)
+        raise
     return len(layers)
 
 

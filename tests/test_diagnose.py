@@ -97,6 +97,31 @@ def test_recompute_statistics_matches_a_numpy_training_mode_pass(rng, kind):
         np.testing.assert_allclose(var, np.mean([s[1] for s in stats], axis=0), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gluon", "d2lbn"])
+def test_recompute_statistics_refuses_nan_naming_the_batch(rng, kind):
+    """A batch with one NaN would make every moving statistic NaN: refused, the batch (0-based
+    index in ``batches``) named, the moving statistics unchanged; the same for the diagnostic."""
+    net = _two_bn_net(kind)
+    x = _data(rng, 256)
+    x[200, 2] = np.nan
+    batches = [(nd.array(x[i:i + 64]), nd.zeros(64)) for i in range(0, 256, 64)]
+    before = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]
+    with pytest.raises(ValueError, match=r"batch 3 of batches .*NaN or infinit"):
+        D.recompute_statistics(net, batches, mx.cpu())
+    with pytest.raises(ValueError, match=r"batch 3 of batches"):
+        D.compare_statistics(net, nd.array(x), batch_size=64)
+    assert D.recompute_statistics(net, batches, mx.cpu(), num_batches=3) == 3   # NaN not reached
+    D.set_moving_statistics(D.batch_norm_layers(net)[0], *before[0])
+    D.set_moving_statistics(D.batch_norm_layers(net)[1], *before[1])
+    net[2].weight.set_data(nd.full((3, 3), 3e38))      # finite data, infinite inside the net
+    with pytest.raises(ValueError, match=r"input of batch-norm layer 1 .*batch 0 of batches"):
+        D.recompute_statistics(net, batches[:1], mx.cpu())
+    after = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]
+    for (m0, v0), (m1, v1) in zip(before, after):
+        np.testing.assert_array_equal(m0, m1)
+        np.testing.assert_array_equal(v0, v1)
+
+
 def test_input_statistics_leaves_the_moving_statistics_alone(rng):
     net = _two_bn_net("d2lbn")           # this layer updates its statistics in the forward pass
     before = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]

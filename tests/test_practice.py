@@ -116,6 +116,51 @@ def test_recalibrate_refuses_a_net_without_batch_norm():
         P.recalibrate_bn(net, nd.ones((4, 3)))
 
 
+def _moving_copies(net):
+    return [P._moving(layer)[i].data().asnumpy().copy() for layer in P.bn_layers(net) for i in (0, 1)]
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_recalibrate_refuses_nan_naming_the_batch_and_changes_nothing(rng, scratch):
+    """One NaN pixel in the unlabelled images: AdaBN would store NaN statistics (after which the
+    net gives every image the same scores). It must refuse, name the batch that holds the NaN and
+    leave every moving statistic as it was."""
+    net, _ = _mlp(rng, scratch)
+    X = rng.normal(size=(20, 2))
+    X[13, 1] = np.nan                                # batch 2 of batches of 5 (examples 10-14)
+    before = _moving_copies(net)
+    with pytest.raises(ValueError, match=r"batch 2 \(examples 10-14\).* NaN or infinit"):
+        P.recalibrate_bn(net, nd.array(X), batch_size=5)
+    for a, b in zip(before, _moving_copies(net)):
+        np.testing.assert_array_equal(a, b)
+    X[13, 1] = np.inf
+    with pytest.raises(ValueError, match=r"batch 1 \(examples 7-13\)"):
+        P.recalibrate_bn(net, nd.array(X), batch_size=7)
+    with pytest.raises(ValueError, match=r"batch 2 \(examples 10-14\)"):
+        P.variance_shift(net, nd.array(X), P.bn_layers(net)[0], batch_size=5)
+    for a, b in zip(before, _moving_copies(net)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_recalibrate_refuses_nan_that_appears_inside_the_net(rng):
+    """Finite images whose activations overflow to infinity inside the net: the layer whose input is
+    not finite is named, and no layer keeps statistics from the aborted pass."""
+    net, _ = _mlp(rng)
+    net[3].weight.set_data(nd.full((2, 3), 3e38))        # Dense(2) overflows: BN 2 sees inf
+    before = _moving_copies(net)
+    with pytest.raises(ValueError, match=r"input of batch-norm layer 1 .*batch 0"):
+        P.recalibrate_bn(net, nd.array(rng.normal(size=(8, 2))), batch_size=4)
+    for a, b in zip(before, _moving_copies(net)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_recalibrate_names_a_bad_batch_size(rng, bad):
+    net, _ = _mlp(rng)
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive int; got {bad}"):
+        P.recalibrate_bn(net, nd.array(rng.normal(size=(8, 2))), batch_size=bad)
+
+
 def test_variance_shift_is_stored_over_measured_variance(rng):
     net = nn.HybridSequential()
     net.add(nn.Dropout(0.5), nn.BatchNorm(in_channels=2))
