@@ -17,8 +17,8 @@ suite needs:
   names another: with the default threaded engine, training through ``dist_sync`` gave
   wrong weights in three of nine trial runs here (one worker; MXNet 1.9.1, CPU), always
   right with the naive one;
-* if any process dies with an error, or the launcher gets Ctrl-C (SIGINT) or SIGTERM,
-  every other process is stopped (SIGTERM, then SIGKILL after a grace period), one line
+* if any process dies with an error, or the launcher gets Ctrl-C (SIGINT), SIGTERM or
+  SIGHUP (its terminal closed), every other process is stopped (SIGTERM, then SIGKILL after a grace period), one line
   says which process failed and how, and the launcher returns non-zero; each child runs
   in its own process group and is told by the kernel to die with the launcher
   (``PR_SET_PDEATHSIG``), so none is left behind;
@@ -58,6 +58,9 @@ SERVER_COMMAND = [sys.executable, "-c",
 #: Set in every process unless the environment already sets them (see the
 #: module's docstring).
 ENV_DEFAULTS = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
+#: Signals that make the launcher stop every process and exit (Ctrl-C; kill; the
+#: terminal closing).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: Seconds between SIGTERM and SIGKILL when stopping the processes.
 GRACE_SECONDS = 3.0
 #: The launcher's exit status when its own output was closed (as if killed by SIGPIPE).
@@ -252,7 +255,8 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     prefix, and returns 0 when every worker exits with 0. ``env``: extra environment
     variables for every process. Raises :class:`LaunchError` (message: which process
     failed and how; ``returncode``: the exit status the launcher should use) when a
-    process fails, when ``timeout`` seconds pass, or on KeyboardInterrupt/SIGTERM; every
+    process fails, when ``timeout`` seconds pass, on KeyboardInterrupt/SIGTERM/SIGHUP,
+    or when ``out`` can no longer be written (``returncode`` 141); every
     process has been stopped by then.
     """
     command = _check_args(command, num_workers, num_servers)
@@ -278,16 +282,16 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     for p in procs:
         p.env.update({k: v for k, v in ENV_DEFAULTS.items() if k not in os.environ})
         p.env.update(env or {})
-    # Ctrl-C and SIGTERM only set a flag that the loop below reads at a safe point: a
-    # KeyboardInterrupt raised asynchronously inside Popen.poll() can leave the Popen's
-    # internal wait lock held, and the wait() in _stop would then block for ever.
+    # Ctrl-C, SIGTERM and SIGHUP (the terminal closed) only set a flag that the loop
+    # below reads at a safe point: a KeyboardInterrupt raised asynchronously inside
+    # Popen.poll() can leave the Popen's internal wait lock held, and the wait() in _stop
+    # would then block for ever.
     interrupted: List[str] = []
     in_main = threading.current_thread() is threading.main_thread()
-    previous = ({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-                if in_main else {})
+    previous = ({sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if in_main else {})
 
     def on_signal(signum, frame):
-        interrupted.append("SIGTERM" if signum == signal.SIGTERM else "SIGINT")
+        interrupted.append(signal.Signals(signum).name)
 
     for sig in previous:
         signal.signal(sig, on_signal)
@@ -342,8 +346,8 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     except KeyboardInterrupt as interrupt:
         running = sum(p.popen is not None and p.popen.poll() is None for p in procs)
         _stop(procs)
-        name = "SIGTERM" if str(interrupt) == "SIGTERM" else "SIGINT"
-        code = 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
+        name = str(interrupt) if str(interrupt) in ("SIGTERM", "SIGHUP") else "SIGINT"
+        code = 128 + signal.Signals[name]
         raise LaunchError(f"launch: interrupted by {name}; stopped {running} running "
                           f"process{'es' if running != 1 else ''}", code) from None
     except BaseException:
@@ -426,7 +430,10 @@ def launch_main(command: Sequence[str], num_workers: int, num_servers: int = 1,
     except LaunchError as err:
         if err.returncode == OUTPUT_CLOSED:
             silence_stdout()
-        print(str(err), file=sys.stderr, flush=True)
+        try:
+            print(str(err), file=sys.stderr, flush=True)
+        except (OSError, ValueError):       # the terminal is gone too (SIGHUP)
+            pass
         return err.returncode
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

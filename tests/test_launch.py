@@ -284,3 +284,25 @@ def test_launcher_output_closed_early_ends_the_job_without_hanging(tmp_path):
     assert len(stderr.strip().splitlines()) == 1 and "output was closed" in stderr, stderr
     assert int(status.read_text()) == 128 + signal.SIGPIPE
     _assert_none_left(token)
+
+
+def test_sighup_to_the_launcher_stops_workers_and_their_children():
+    """The terminal closes (SIGHUP): before the fix the launcher died at once, its children died
+    with it (PR_SET_PDEATHSIG) but the workers' own children kept running."""
+    token = uuid.uuid4().hex
+    job = _Launcher(["-n", "2", "--", sys.executable, "-c", PARENT_WORKER], token)
+    try:
+        ready = job.wait_for(lambda line: "ready pid" in line, timeout=90)
+        while len(ready) < 2:
+            time.sleep(0.2)
+            ready = job.wait_for(lambda line: "ready pid" in line, timeout=30)
+        children = [int(line.split()[-1]) for line in ready]
+        assert all(pid in _processes_with(token) for pid in children)     # the grandchildren run
+        job.proc.send_signal(signal.SIGHUP)
+        job.proc.wait(timeout=15)
+        stderr = job.proc.stderr.read()
+        assert job.proc.returncode == 128 + signal.SIGHUP, stderr
+        assert "interrupted by SIGHUP" in stderr and "stopped 4 running processes" in stderr, stderr
+        _assert_none_left(token)
+    finally:
+        job.stop()
