@@ -84,6 +84,90 @@ def test_add_noise_puts_noise_after_each_batch_norm_and_needs_one():
         L.make_net("dropout")
 
 
+def _noise_parts(noise, shape, seed):
+    """The per-activation scale s and shift m one training pass of ``noise`` draws at
+    ``seed``: the same draws applied to zeros give m, to ones s + m."""
+    with autograd.train_mode():
+        d2lbn.set_seed(seed)
+        m = noise(nd.zeros(shape)).asnumpy().astype(np.float64)
+        d2lbn.set_seed(seed)
+        s = noise(nd.ones(shape)).asnumpy().astype(np.float64) - m
+    return s, m
+
+
+def test_per_sample_noise_matches_the_oracle_of_its_statistics(rng):
+    d, max_shift, max_scale = 0.8, 2.0, 3.0
+    noise = L.PerSampleNoise(max_shift=max_shift, max_scale=max_scale, spread=d)
+    shape = (2000, 3, 2, 2)                              # 8,000 activations per channel
+    s, m = _noise_parts(noise, shape, seed=7)
+    x = rng.normal(size=shape)
+    d2lbn.set_seed(7)
+    with autograd.train_mode():
+        y = noise(nd.array(x)).asnumpy()
+    np.testing.assert_allclose(y, s * x + m, rtol=1e-5, atol=1e-5)      # y = s x + m
+    n = s.shape[0] * 4
+    for c in range(3):
+        sc, mc, xc, yc = (v[:, c].ravel() for v in (s, m, x, y))
+        for v, low, high in ((sc, 1, max_scale), (mc, -max_shift, max_shift)):
+            centre = (v.min() + v.max()) / 2            # this step's a_c (or b_c)
+            assert low - 1e-3 <= centre <= high + 1e-3
+            # U(centre - d, centre + d), i.i.d.: support, mean, variance d^2/3 (float64
+            # NumPy oracle; tolerances about 4 standard errors at n = 8,000)
+            assert v.max() - v.min() == pytest.approx(2 * d, abs=0.01)
+            assert v.mean() == pytest.approx(centre, abs=4 * d / np.sqrt(3 * n))
+            assert v.var() == pytest.approx(d ** 2 / 3, rel=0.05)
+            lag1 = np.corrcoef(v[:-1], v[1:])[0, 1]      # neighbouring activations
+            assert abs(lag1) < 4 / np.sqrt(n)
+        assert abs(np.corrcoef(sc, mc)[0, 1]) < 4 / np.sqrt(n)   # scale and shift independent
+        # the examples move relative to each other: for x ~ N(0, 1),
+        # corr(x, y) = a / sqrt(a^2 + 2 d^2 / 3) < 1 (ShiftScaleNoise: exactly 1)
+        a = (sc.min() + sc.max()) / 2
+        assert np.corrcoef(xc, yc)[0, 1] == pytest.approx(a / np.sqrt(a * a + 2 * d * d / 3),
+                                                          abs=0.01)
+    s2, _ = _noise_parts(noise, shape, seed=8)           # a new step: a new distribution
+    assert np.abs(s2.mean(axis=(0, 2, 3)) - s.mean(axis=(0, 2, 3))).max() > 0.05
+    xs = rng.normal(size=(6, 4))
+    np.testing.assert_allclose(noise(nd.array(xs)).asnumpy(), 2.0 * xs, rtol=1e-6)  # inference
+
+
+def test_per_sample_noise_moves_examples_that_shared_noise_leaves_in_place(rng):
+    x = np.broadcast_to(rng.normal(size=(1, 5)), (64, 5)).copy()     # 64 identical examples
+    d2lbn.set_seed(0)
+    with autograd.train_mode():
+        shared = L.ShiftScaleNoise()(nd.array(x)).asnumpy()
+        per_sample = L.PerSampleNoise()(nd.array(x)).asnumpy()
+    np.testing.assert_array_equal(shared, np.broadcast_to(shared[:1], shared.shape))
+    assert per_sample.std(axis=0).min() > 0.1            # every channel: examples now differ
+    d2lbn.set_seed(0)
+    with autograd.train_mode():                          # spread 0: the shared noise exactly
+        zero = L.PerSampleNoise(spread=0.0)(nd.array(x)).asnumpy()
+    np.testing.assert_allclose(zero, np.broadcast_to(zero[:1], zero.shape), atol=1e-6)
+
+
+def test_add_per_sample_noise_and_its_bad_input():
+    base = models.lenet_bn()
+    noisy = L.add_per_sample_noise(base, spread=0.5)
+    layers = list(noisy._children.values())
+    kinds = [type(c).__name__ for c in layers]
+    assert kinds.count("PerSampleNoise") == 4 and "ShiftScaleNoise" not in kinds
+    for i, k in enumerate(kinds):
+        if k == "PerSampleNoise":
+            assert kinds[i - 1] == "BatchNorm" and layers[i].spread == 0.5
+    assert all(any(c is b for c in layers) for b in base._children.values())   # shared
+    assert type(L.make_net("noisy-bn-sample")[2]).__name__ == "PerSampleNoise"
+    for kwargs, match in ((dict(spread=1.5), "spread"), (dict(spread=-0.1), "spread"),
+                          (dict(spread=float("nan")), "spread"),
+                          (dict(max_scale=0.5), "max_scale"),
+                          (dict(max_shift=float("inf")), "max_shift")):
+        with pytest.raises(ValueError, match=match):
+            L.PerSampleNoise(**kwargs)
+    with pytest.raises(ValueError, match="no batch-norm layer"):
+        L.add_per_sample_noise(models.lenet())
+    with pytest.raises(ValueError, match="shape"):
+        with autograd.train_mode():
+            L.PerSampleNoise()(nd.ones((2, 3, 4)))
+
+
 def test_activation_inputs_are_what_the_activation_receives(rng):
     d2lbn.set_seed(0)
     net = models.lenet_bn()
@@ -232,6 +316,8 @@ def test_why_run_records_every_measurement_and_is_deterministic(rng):
     noisy = L.why_run("noisy-bn", data, seed=3, measure=False, **kw)
     assert noisy.ics_l2.size == 0 and noisy.percentiles.shape == (3, 3, 120)
     assert L.percentile_drift(noisy) > L.percentile_drift(a)   # noise moves the distribution
+    sample = L.why_run("noisy-bn-sample", data, seed=3, measure=False, **kw)
+    assert L.percentile_drift(sample) > L.percentile_drift(a)
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(kind="nope"), "kind"), (dict(num_steps=0), "num_steps"),
