@@ -16,10 +16,10 @@ What is here:
 * :class:`ShiftScaleNoise`, :func:`add_noise` -- "noisy batch norm", shared: after every
   batch-norm layer a random per-channel scale and shift, drawn afresh at every step and
   shared by the whole batch;
-* :class:`PerSampleNoise`, :func:`add_per_sample_noise` -- "noisy batch norm" per sample,
-  as Santurkar et al. (2018, Section 2.1) describe it: every activation of every example
-  perturbed by i.i.d. noise of non-zero mean and non-unit variance, whose distribution
-  changes at every step;
+* :class:`PerSampleNoise`, :func:`add_per_sample_noise` -- "noisy batch norm" per
+  sample, as Santurkar et al. (2018, Section 2.1) describe it: every activation of every
+  example perturbed by i.i.d. noise of non-zero mean and non-unit variance, whose
+  distribution changes at every step;
 * :func:`activation_inputs` -- what one activation of a net sees (for percentile plots);
 * :func:`gradient_shift`, :func:`internal_covariate_shift` -- Santurkar et al.'s
   Definition 2.1: how much a layer's gradient changes when the layers below it take
@@ -192,12 +192,13 @@ class PerSampleNoise(nn.Block):
     At every training-mode forward pass (every step) the noise distribution of each
     channel ``c`` is drawn anew: a mean scale ``a_c ~ U(1, max_scale)`` and a mean shift
     ``b_c ~ U(-max_shift, max_shift)``. Then every activation ``i`` (every example, and
-    every position of a feature map) gets its own ``s_i ~ U(a_c - spread, a_c + spread)``
-    and ``m_i ~ U(b_c - spread, b_c + spread)``, independently. Given the step,
-    ``E[y | x] = a_c x + b_c`` and ``Var[y | x] = spread**2 (x**2 + 1) / 3``: noise of
-    non-zero mean and non-unit variance, which, unlike :class:`ShiftScaleNoise`, moves the
-    examples relative to each other. ``spread`` in ``[0, 1]`` keeps ``s >= 0``;
-    ``spread=0`` is :class:`ShiftScaleNoise`.
+    every position of a feature map) gets its own scale and shift,
+    ``s_i ~ U(a_c - spread, a_c + spread)`` and ``m_i ~ U(b_c - spread, b_c + spread)``,
+    independently. Given the step, ``E[y | x] = a_c x + b_c`` and
+    ``Var[y | x] = spread**2 (x**2 + 1) / 3``: noise of non-zero mean and non-unit
+    variance, which, unlike :class:`ShiftScaleNoise`, moves the examples relative to
+    each other. ``spread`` in ``[0, 1]`` keeps ``s >= 0``; ``spread=0`` gives
+    :class:`ShiftScaleNoise`'s noise.
 
     X: (N, C) or (N, C, H, W) -> same shape. In inference mode the noise is replaced by
     its mean, ``s = (1 + max_scale) / 2`` and ``m = 0``.
@@ -224,10 +225,12 @@ class PerSampleNoise(nn.Block):
             return X * ((1 + self.max_scale) / 2)
         shape = (1, X.shape[1]) + (1,) * (X.ndim - 2)
         kw = dict(ctx=X.context, dtype=X.dtype)
-        a = nd.random.uniform(1, self.max_scale, shape=shape, **kw)      # this step's
+        # this step's distribution: one centre per channel
+        a = nd.random.uniform(1, self.max_scale, shape=shape, **kw)
         b = nd.random.uniform(-self.max_shift, self.max_shift, shape=shape, **kw)
+        # every activation's own scale and shift around those centres
         u = nd.random.uniform(-self.spread, self.spread, shape=(2,) + X.shape, **kw)
-        scale = a.broadcast_like(X) + u[0]                       # every activation's own
+        scale = a.broadcast_like(X) + u[0]
         shift = b.broadcast_like(X) + u[1]
         return X * scale + shift
 
