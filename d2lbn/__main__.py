@@ -127,6 +127,64 @@ def _write_json(path: str, args: argparse.Namespace, history, status: str) -> No
             os.unlink(tmp)
 
 
+def _finished_epochs(history):
+    """A copy of ``history`` cut to the epochs whose every field was recorded (another thread may be
+    in the middle of ``History.append``)."""
+    fields = ("loss", "train_acc", "test_acc", "seconds", "examples_per_sec")
+    n = min(len(getattr(history, f)) for f in fields)
+    return type(history)(device=history.device, **{f: list(getattr(history, f)[:n]) for f in fields})
+
+
+class _SaveOnSignal:
+    """SIGINT, SIGTERM and SIGHUP in a worker of a launched job: ``save(signum)`` from a thread, then
+    end the process at once with status 128 + signum.
+
+    A worker spends most of its time inside MXNet's C calls waiting for the other workers (push,
+    pull), where Python's own signal handler never runs; and once the launcher stops the job, the
+    scheduler and the servers are gone, so that wait never ends. The handlers installed here only
+    wake a thread (``signal.set_wakeup_fd``: the interpreter's C-level handler writes the signal's
+    number to a pipe whatever the main thread is doing), and that thread saves and exits."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, save):
+        self.save, self.lock, self.finished = save, threading.Lock(), False
+
+    def _watch(self, fd: int) -> None:
+        data = os.read(fd, 1)
+        os.close(fd)
+        if not data:                          # the write end was closed: training is over
+            return
+        signum = data[0]
+        with self.lock:
+            if not self.finished:
+                try:
+                    self.save(signum)
+                except BaseException:         # noqa: B036 -- exit below whatever happened
+                    pass
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in self.SIGNALS}
+        old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, args=(read_fd,), daemon=True).start()
+        try:
+            yield self
+        finally:
+            signal.set_wakeup_fd(old_fd)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            os.close(write_fd)
+
+
 class _CtrlC:
     """Ctrl-C as ``KeyboardInterrupt``, reliably: Python ignores an exception raised inside a
     ``__del__`` (tqdm closes its bars there), so a Ctrl-C that lands in one is remembered and raised
@@ -263,7 +321,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_train_dist(args: argparse.Namespace) -> int:
     """``python -m d2lbn train --kvstore dist_sync [--sync-bn]``, run by each worker of a launched job
-    (``d2lbn.distributed.train_dist``): rank 0 prints the progress and the history and writes ``--json``."""
+    (``d2lbn.distributed.train_dist``): rank 0 prints the progress and the history and writes ``--json``.
+
+    When the job is stopped (Ctrl-C to the launcher, which stops every worker; SIGTERM; SIGHUP), rank 0
+    writes the finished epochs to ``--json`` with status ``interrupted`` before it exits
+    (:class:`_SaveOnSignal`)."""
     parser = args.command_parser
     from . import distributed as D
     if not args.kvstore:
@@ -278,23 +340,44 @@ def run_train_dist(args: argparse.Namespace) -> int:
         return _fail(parser, err)
     if args.json and _check_writable(args.json):
         return _fail(parser, _check_writable(args.json))
+    from .train import History
+    kept = History()                    # rank 0 appends each finished epoch here
+    rank = []
+
+    def save(signum: int) -> None:      # from _SaveOnSignal's thread, when the job is stopped
+        if rank != [0]:
+            return
+        history = _finished_epochs(kept)
+        saved = f"; saved to {args.json}" if args.json else ""
+        done = history.epochs
+        print(f"interrupted by {signal.Signals(signum).name}: {done} finished "
+              f"epoch{'s' if done != 1 else ''} kept{saved}", file=sys.stderr, flush=True)
+        if args.json:
+            _write_json(args.json, args, history, "interrupted")
+
+    on_signal = _SaveOnSignal(save)
     try:
-        history = D.train_dist("kvstore" if args.sync_bn else "local", args.epochs, args.lr,
-                               args.batch_size, momentum=args.momentum,
-                               lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
-                               seed=args.seed, train_limit=args.train_limit, test_limit=args.test_limit,
-                               activation=args.activation, log=lambda line: print(line, flush=True),
-                               kind=args.kvstore)
+        rank.append(D.dist_kvstore(args.kvstore).rank)
+        with on_signal.installed():
+            history = D.train_dist("kvstore" if args.sync_bn else "local", args.epochs, args.lr,
+                                   args.batch_size, momentum=args.momentum,
+                                   lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
+                                   seed=args.seed, train_limit=args.train_limit,
+                                   test_limit=args.test_limit, activation=args.activation,
+                                   log=lambda line: print(line, flush=True), kind=args.kvstore,
+                                   history=kept)
+            with on_signal.lock:
+                on_signal.finished = True
+                if history is not None:                     # rank 0
+                    print(history.table(), flush=True)
+                    if args.json:
+                        _write_json(args.json, args, history, "finished")
     except ValueError as err:
         return _fail(parser, err)
     except FloatingPointError as err:
         return _fail(parser, err, code=1)
     except DataNotFoundError as err:
         return _fail(parser, str(err).splitlines()[0] + " (see the README: 'The data')", code=1)
-    if history is not None:                             # rank 0
-        print(history.table(), flush=True)
-        if args.json:
-            _write_json(args.json, args, history, "finished")
     return 0
 
 

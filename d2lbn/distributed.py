@@ -372,7 +372,8 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *,
                momentum: float = 0.0, lr_schedule: Optional[str] = None, seed: int = 0,
                train_limit: Optional[int] = None,
                test_limit: Optional[int] = None, activation: str = "relu",
-               log: Callable[[str], None] = print, kind: str = "dist_sync"):
+               log: Callable[[str], None] = print, kind: str = "dist_sync",
+               history=None):
     """Data-parallel training of LeNet-BN on Fashion-MNIST, run by every worker of a
     launched job.
 
@@ -383,7 +384,8 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *,
     ``'local'``, its own moving statistics) and logs. Returns the
     ``d2lbn.train.History`` on rank 0, None on the others; the training loss and
     accuracy in it are over all workers' examples, the throughput is global examples per
-    second of training.
+    second of training. ``history``: a ``History`` to append the epochs to (the CLI keeps
+    it, to save the finished epochs when the job is interrupted); default a new one.
     """
     from .experiments import ArrayLoader, fashion_arrays
     from .repro import set_seed
@@ -416,8 +418,8 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *,
         f"global batch {batch_size} (about {batch_size // num_workers} per worker), "
         f"{n} training examples, {steps_per_epoch} steps per epoch")
     plural = "s" if num_workers != 1 else ""
-    history = History(
-        device=f"{num_workers} worker{plural} ({kind}, {norm} batch norm)")
+    history = History() if history is None else history
+    history.device = f"{num_workers} worker{plural} ({kind}, {norm} batch norm)"
     test_iter = ArrayLoader(test_X, test_y, 256)
     for epoch in range(1, num_epochs + 1):
         start = time.perf_counter()

@@ -254,3 +254,60 @@ def test_dist_trainer_checks_its_arguments():
     other.initialize()
     trainer = D.dist_trainer([net, other], kv, 0.1)
     assert len(trainer._params) == 2 * len(list(net.collect_params().values()))
+
+
+def _token_processes(token):
+    """Pids of live (not zombie) processes whose environment holds D2LBN_TEST_TOKEN=token."""
+    found, needle = [], f"D2LBN_TEST_TOKEN={token}".encode()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    with open(f"/proc/{entry}/stat") as s:
+                        if s.read().split(")")[-1].split()[0] != "Z":
+                            found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def test_ctrl_c_of_a_launched_training_saves_the_finished_epochs(tmp_path):
+    """Ctrl-C (SIGINT) to `launch ... train --kvstore dist_sync --json F` after an epoch: rank 0 writes
+    the finished epochs to F (status 'interrupted'), as `train`'s own Ctrl-C does; before the fix
+    the workers were killed and F was never written."""
+    import json
+    import signal
+    import time
+    import uuid
+    out, token = tmp_path / "history.json", uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
+    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), D2LBN_TEST_TOKEN=token)
+    proc = subprocess.Popen([sys.executable, "-m", "d2lbn", "launch", "-n", "2", "--", sys.executable,
+                             "-m", "d2lbn", "train", "--kvstore", "dist_sync", "--epochs", "500",
+                             "--batch-size", "64", "--train-limit", "256", "--test-limit", "64",
+                             "--no-progress", "--json", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        for line in proc.stdout:
+            if line.startswith("[worker 0] epoch 1:") or time.monotonic() > deadline:
+                break
+        assert line.startswith("[worker 0] epoch 1:"), line
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "interrupted by SIGINT" in stderr, stderr
+        saved = json.loads(out.read_text())
+        assert saved["status"] == "interrupted", saved
+        epochs = len(saved["history"]["loss"])
+        assert 1 <= epochs < 500
+        assert all(len(saved["history"][k]) == epochs for k in ("train_acc", "test_acc", "seconds"))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]     # no temporary file
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        left = _token_processes(token)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+    assert left == [], "processes of the job were left behind"
