@@ -4,9 +4,10 @@ Oracles: ``gluon.nn.BatchNorm`` and ``nd.BatchNorm(fix_gamma=False)`` (MXNet 1.9
 float64 NumPy transcription in conftest.py. Agreement is measured as ``max|ours - theirs| / max|theirs|``
 per array (float32 values near zero make an elementwise relative test meaningless), with tolerance 1e-5.
 
-Quirk on the Gluon side: ``gluon.nn.BatchNorm`` and ``nd.BatchNorm`` update their running statistics
-during ``backward()``, not in the forward pass, so every built-in training step here is
-``record()`` + forward + ``backward()``.
+Quirk on the Gluon side: on the CPU (where these tests run) ``gluon.nn.BatchNorm`` and
+``nd.BatchNorm`` update their running statistics during ``backward()``, not in the forward pass, so
+every built-in training step here is ``record()`` + forward + ``backward()``. (With cuDNN on a GPU
+they update in the forward pass and store the unbiased variance: tests/gpu/test_gpu.py.)
 """
 import numpy as np
 import pytest
@@ -406,19 +407,40 @@ def test_fold_dense(use_bias, gluon_side):
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_fold_conv2d(use_bias):
+@pytest.mark.parametrize("gluon_side", [False, True])
+def test_fold_conv2d(use_bias, gluon_side):
+    """A strided (2), padded (1) Conv2D followed by our BatchNorm or Gluon's nn.BatchNorm, trained a
+    few steps so the moving statistics are far from 0 and 1, folded into one Conv2D: the same
+    inference output as the unfolded pair (eps 0.1, so a fold that drops eps fails)."""
     rng = np.random.default_rng(22)
     conv = gluon.nn.Conv2D(5, kernel_size=3, strides=2, padding=1, in_channels=2, use_bias=use_bias)
     conv.initialize(mx.init.Normal(0.5))
-    bn = our_bn(5, 4, nd.array(rng.uniform(0.5, 2, 5)), nd.array(rng.normal(size=5)), eps=0.1)
-    trained_bn(bn, lambda s: conv(nd.array(rng.normal(0.5, 1.0, size=(4, 2, 9, 9)))))
+    if use_bias:
+        conv.bias.set_data(nd.array(rng.normal(size=5)))
+    gamma, beta = nd.array(rng.uniform(0.5, 2, 5)), nd.array(rng.normal(size=5))
+    make_input = lambda s: nd.array(rng.normal(0.5, 1.0, size=(4, 2, 9, 9)))   # noqa: E731
+    if gluon_side:
+        bn = gluon_bn(5, gamma, beta, eps=0.1)
+        for s in range(4):
+            with autograd.record():
+                y = bn(conv(make_input(s)))
+            y.backward()                      # Gluon updates its statistics here (on the CPU)
+        mean, var = bn.running_mean.data(), bn.running_var.data()
+    else:
+        bn = trained_bn(our_bn(5, 4, gamma, beta, eps=0.1), lambda s: conv(make_input(s)))
+        mean, var = bn.moving_mean.data(), bn.moving_var.data()
+    assert mean.abs().min().asscalar() > 1e-3 and (var - 1).abs().min().asscalar() > 1e-3, \
+        "the moving statistics never left their initial values: the fold would test nothing"
     W, b = fold_layer_and_batch_norm(conv, bn)
+    assert W.shape == conv.weight.shape and b.shape == (5,)
     folded = gluon.nn.Conv2D(5, kernel_size=3, strides=2, padding=1, in_channels=2)
     folded.initialize()
     folded.weight.set_data(W)
     folded.bias.set_data(b)
     X = nd.array(rng.normal(0.5, 1.0, size=(3, 2, 9, 9)))
-    assert rel_err(folded(X), bn(conv(X))) < TOL
+    unfolded = bn(conv(X))                    # inference mode: outside autograd.record()
+    assert unfolded.shape == (3, 5, 5, 5)
+    assert rel_err(folded(X), unfolded) < TOL
 
 
 def test_fold_against_numpy_formula():
