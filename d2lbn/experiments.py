@@ -142,7 +142,8 @@ class SigmoidMLP(nn.Block):
     def __init__(self, batch_norm: bool, hidden: int = 100, num_layers: int = 3,
                  sigma: float = 0.1, **kwargs):
         super().__init__(**kwargs)
-        hidden, num_layers = check_int("hidden", hidden), check_int("num_layers", num_layers)
+        hidden = check_int("hidden", hidden)
+        num_layers = check_int("num_layers", num_layers)
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0; got {sigma!r}")
         self.batch_norm = bool(batch_norm)
@@ -405,7 +406,8 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
     statistics over ``precise_batches`` training batches (default: one pass over the training
     arrays), and in training mode. For layer norm all three coincide by construction."""
     from .train import train
-    batch_size, num_epochs = check_int("batch_size", batch_size), check_int("num_epochs", num_epochs)
+    batch_size = check_int("batch_size", batch_size)
+    num_epochs = check_int("num_epochs", num_epochs)
     if precise_batches is not None:
         precise_batches = check_int("precise_batches", precise_batches,
                                     what="a positive int or None")
@@ -437,7 +439,8 @@ def batch_mean_noise(X: nd.NDArray, batch_size: int,
     batch_size) averaged likewise)."""
     if X.ndim != 2:
         raise ValueError(f"X must be (n, D); got shape {X.shape}")
-    batch_size, num_batches = check_int("batch_size", batch_size), check_int("num_batches", num_batches)
+    batch_size = check_int("batch_size", batch_size)
+    num_batches = check_int("num_batches", num_batches)
     values = X.asnumpy().astype(np.float64)
     means = np.stack([values[np.random.randint(0, len(values), batch_size)].mean(axis=0)
                       for _ in range(num_batches)])

@@ -275,7 +275,7 @@ def recalibrate_bn(net: gluon.Block, X: nd.NDArray, batch_size: int = 500) -> in
             (mean, var), = _layer_input_stats(net, X, [layer], batch_size, [i])
             for param, value in zip(_moving(layer), (mean, var)):
                 param.set_data(nd.array(value, dtype=param.dtype))
-    except BaseException:                   # no layer keeps statistics of an aborted pass
+    except BaseException:          # no layer keeps statistics of an aborted pass
         for layer, values in zip(layers, saved):
             for param, value in zip(_moving(layer), values):
                 param.set_data(value)
