@@ -372,7 +372,7 @@ def run_train_dist(args: argparse.Namespace) -> int:
                     print(history.table(), flush=True)
                     if args.json:
                         _write_json(args.json, args, history, "finished")
-    except ValueError as err:
+    except (ValueError, D.SchedulerUnreachableError) as err:
         return _fail(parser, err)
     except FloatingPointError as err:
         return _fail(parser, err, code=1)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -39,6 +40,7 @@ from .fast_norm import Function, channel_sum, moving_average, scale_shift
 from .norm import add_norm_params, check_layer_args, check_layer_input, check_momentum
 
 __all__ = ["LAUNCHER_ENV", "in_launcher", "require_launcher", "dist_kvstore",
+           "SchedulerUnreachableError", "wait_for_scheduler", "SCHEDULER_WAIT",
            "KeyAllocator", "all_reduce", "KVStoreBatchNormTrain",
            "KVStoreSyncBatchNorm", "dist_lenet", "NORMS", "epoch_permutation",
            "global_batches", "shard", "dist_trainer", "step", "train_dist", "lockstep",
@@ -56,7 +58,15 @@ NORMS = ("local", "kvstore")
 #: (one per parameter).
 FIRST_KEY = 1_000_000
 
+#: Seconds a worker waits for the scheduler to accept a connection before it gives up
+#: (``$D2LBN_SCHEDULER_WAIT`` overrides it; the launcher starts the scheduler first).
+SCHEDULER_WAIT = 10.0
+
 _KVSTORES: Dict[str, mx.kvstore.KVStore] = {}
+
+
+class SchedulerUnreachableError(RuntimeError):
+    """The ``DMLC_*`` variables name a scheduler that does not answer."""
 
 
 def in_launcher() -> bool:
@@ -86,8 +96,56 @@ def dist_kvstore(kind: str = "dist_sync") -> mx.kvstore.KVStore:
                          f"got {kind!r}")
     if kind not in _KVSTORES:
         require_launcher(kind)
+        wait_for_scheduler(kind)
         _KVSTORES[kind] = mx.kv.create(kind)
     return _KVSTORES[kind]
+
+
+def wait_for_scheduler(kind: str = "dist_sync", timeout: Optional[float] = None) -> None:
+    """Return once the scheduler named by ``DMLC_PS_ROOT_URI`` and ``DMLC_PS_ROOT_PORT``
+    accepts a TCP connection; raise :class:`SchedulerUnreachableError` (one line: the
+    address, the variables, what to do) when it does not within ``timeout`` seconds
+    (default ``$D2LBN_SCHEDULER_WAIT`` or :data:`SCHEDULER_WAIT`).
+
+    ``mx.kv.create('dist_sync')`` itself waits for the scheduler for ever, silently: with
+    ``DMLC_*`` variables left over in a shell and no job running, it would hang."""
+    host = os.environ.get("DMLC_PS_ROOT_URI", "")
+    port_text = os.environ.get("DMLC_PS_ROOT_PORT", "")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise SchedulerUnreachableError(f"--kvstore {kind}: DMLC_PS_ROOT_PORT must be a port "
+                                        f"number in 1..65535; got {port_text!r}")
+    port = int(port_text)
+    if timeout is None:
+        text = os.environ.get("D2LBN_SCHEDULER_WAIT", "")
+        try:
+            timeout = float(text) if text else SCHEDULER_WAIT
+        except ValueError:
+            timeout = -1.0
+        if not (timeout >= 0 and math.isfinite(timeout)):
+            raise SchedulerUnreachableError(f"D2LBN_SCHEDULER_WAIT must be a number of "
+                                            f"seconds >= 0; got {text!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            remaining = max(0.2, min(1.0, deadline - time.monotonic()))
+            socket.create_connection((host, port), timeout=remaining).close()
+            return
+        except socket.gaierror as err:
+            raise SchedulerUnreachableError(
+                f"--kvstore {kind}: the scheduler's host {host!r} (DMLC_PS_ROOT_URI) cannot be "
+                f"resolved ({err.strerror or err})") from None
+        except OSError as err:
+            reason = err.strerror or str(err) or type(err).__name__
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    raise SchedulerUnreachableError(
+        f"--kvstore {kind}: no scheduler answers at {host}:{port} (DMLC_PS_ROOT_URI:"
+        f"DMLC_PS_ROOT_PORT) after {timeout:g} s ({reason}): the DMLC_* variables of a "
+        f"parameter-server job are set, but no job's scheduler runs there. Start the workers "
+        f"with python -m d2lbn launch -n 2 -- python -m d2lbn train --kvstore {kind} ..., or "
+        f"unset the DMLC_* variables left in this shell (D2LBN_SCHEDULER_WAIT=SECONDS waits "
+        f"longer)")
 
 
 class KeyAllocator:

@@ -311,3 +311,54 @@ def test_ctrl_c_of_a_launched_training_saves_the_finished_epochs(tmp_path):
         for pid in left:
             os.kill(pid, signal.SIGKILL)
     assert left == [], "processes of the job were left behind"
+
+
+def test_dist_sync_with_launcher_variables_but_no_scheduler_fails_within_seconds():
+    """DMLC_* left in the environment, nothing listening at the scheduler's address: before the fix
+    mx.kv.create('dist_sync') waited for ever. Now one line names the address and what is missing."""
+    import re
+    import socket
+    import time
+    import uuid
+    with socket.socket() as s:                    # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMLC_")}
+    env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), D2LBN_TEST_TOKEN=token,
+               DMLC_ROLE="worker", DMLC_PS_ROOT_URI="127.0.0.1", DMLC_PS_ROOT_PORT=str(port),
+               DMLC_NUM_WORKER="1", DMLC_NUM_SERVER="1")
+    start = time.monotonic()
+    try:
+        run = subprocess.run([sys.executable, "-m", "d2lbn", "train", "--kvstore", "dist_sync",
+                              "--epochs", "1", "--train-limit", "64", "--no-progress"],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("train --kvstore dist_sync without a scheduler hung (60 s)")
+    finally:
+        for pid in _token_processes(token):
+            os.kill(pid, 9)
+    elapsed = time.monotonic() - start
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert re.search(rf"no scheduler .*127\.0\.0\.1:{port}", lines[0]), lines[0]
+    assert "DMLC_PS_ROOT_URI" in lines[0] and "python -m d2lbn launch" in lines[0], lines[0]
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert "training examples" not in run.stdout               # stopped before any data loaded
+
+
+def test_wait_for_scheduler_names_bad_variables(monkeypatch):
+    import socket
+    monkeypatch.setenv("DMLC_PS_ROOT_URI", "127.0.0.1")
+    monkeypatch.setenv("DMLC_PS_ROOT_PORT", "http")
+    with pytest.raises(D.SchedulerUnreachableError, match="DMLC_PS_ROOT_PORT must be a port number"):
+        D.wait_for_scheduler(timeout=0.1)
+    with socket.socket() as listening:            # a scheduler stand-in: it accepts, so no wait
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setenv("DMLC_PS_ROOT_PORT", str(listening.getsockname()[1]))
+        D.wait_for_scheduler(timeout=0.1)
+    monkeypatch.setenv("D2LBN_SCHEDULER_WAIT", "soon")
+    with pytest.raises(D.SchedulerUnreachableError, match="D2LBN_SCHEDULER_WAIT must be"):
+        D.wait_for_scheduler()
