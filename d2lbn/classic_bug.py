@@ -1,8 +1,9 @@
-"""WRONG ON PURPOSE: the moving-average update of a widely copied batch-norm tutorial, kept for teaching.
+"""WRONG ON PURPOSE: the moving-average update of a copied batch-norm tutorial, kept for teaching.
 
 !!! Do not use ``buggy_batch_norm`` in a model you care about. !!!
 
-The tutorial (an MXNet "from scratch" notebook, 2017) updated its moving statistics with
+A transcript of the 2017 MXNet "from scratch" tutorial (``bntranscript`` in the book's
+references; the tutorial itself updates correctly) updated its moving statistics with
 
     moving_mean[:] = moving_momentum + moving_mean + (1.0 * -moving_momentum) * variance
 
@@ -11,7 +12,8 @@ which has three mistakes at once: ``+`` where ``*`` was meant (``momentum + movi
 *variance* where the batch *mean* belongs. Its moving variance was started at 0 (under a misspelled
 name) and never updated. Each training step therefore adds roughly ``momentum * (1 - variance)`` to
 the moving mean, so it drifts without bound, while prediction divides by ``sqrt(0 + eps)``. Its
-LeNet reached 88% training accuracy while its test accuracy stayed at 10.006% for all five epochs.
+LeNet reached 88.5% training accuracy while its printed test accuracy stayed at 0.100060 for all
+five epochs.
 
 The correct version is :func:`d2lbn.norm.batch_norm`; this module mirrors its signature so the two
 can be swapped in :class:`d2lbn.norm.BatchNorm` (``impl=buggy_batch_norm``) and compared.
