@@ -15,14 +15,16 @@
   micro-batches), :func:`prune_by_magnitude`, :func:`snapshot` / :func:`average_snapshots` /
   :func:`load_snapshot` -- the small pieces the chapter's reproductions are built from.
 
-Batch-norm layers are MXNet's ``gluon.nn.BatchNorm`` (and its subclasses) and ``d2lbn.norm.BatchNorm``.
-Nets are ``Sequential``/``HybridSequential`` (nested ones are walked): the functions that look at the
-inputs of each layer run the children in order. Shapes: ``X: (N, C, H, W)`` or ``(N, D)``; the
+Batch-norm layers are MXNet's ``gluon.nn.BatchNorm`` (and its subclasses) and ``d2lbn.norm.BatchNorm``,
+found however deeply they are nested (the basic blocks of ``d2lbn.resnet`` included). The functions
+that look at the inputs of each layer run the whole net and read each layer's input with a forward
+pre-hook (a hybridized net runs imperatively for that, and is hybridized as before afterwards). Shapes: ``X: (N, C, H, W)`` or ``(N, D)``; the
 statistics of a layer are per channel (axis 1), arrays of shape ``(C,)`` or ``(D,)``.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -59,6 +61,39 @@ def _check_net(net: gluon.Block) -> None:
         raise TypeError(f"net must be a gluon Block, got {type(net).__name__}")
 
 
+def _blocks(net: gluon.Block) -> List[gluon.Block]:
+    """``net`` and every block inside it, each once, depth first in the order they were
+    registered (the insides of a batch-norm layer are not walked)."""
+    seen, found = set(), []
+
+    def walk(block: gluon.Block) -> None:
+        if id(block) in seen:
+            return
+        seen.add(id(block))
+        found.append(block)
+        if not is_batch_norm(block):
+            for child in block._children.values():
+                walk(child)
+    walk(net)
+    return found
+
+
+@contextmanager
+def _imperative(net: gluon.Block) -> Iterator[None]:
+    """Within the block every hybridized block of ``net`` runs imperatively, so that forward
+    hooks of the blocks inside it fire; on exit each is hybridized again with its own flags
+    (``static_alloc`` and the like), its compiled graph kept."""
+    active = [block for block in _blocks(net)
+              if isinstance(block, gluon.HybridBlock) and block._active]
+    for block in active:
+        block._active = False
+    try:
+        yield
+    finally:
+        for block in active:
+            block._active = True
+
+
 def leaf_layers(net: gluon.Block) -> List[gluon.Block]:
     """The layers of a ``Sequential``/``HybridSequential`` net in the order they run, nested
     sequential containers flattened. Any other block is a leaf (a net that is not sequential is
@@ -70,8 +105,12 @@ def leaf_layers(net: gluon.Block) -> List[gluon.Block]:
 
 
 def batch_norm_layers(net: gluon.Block) -> List[gluon.Block]:
-    """The batch-norm layers of ``net``, in order (see :func:`is_batch_norm`)."""
-    return [layer for layer in leaf_layers(net) if is_batch_norm(layer)]
+    """Every batch-norm layer of ``net`` (see :func:`is_batch_norm`), however deeply nested: the
+    children of every block are walked, depth first in the order they were registered (for a
+    sequential net, the order the data meets them; in a ``d2lbn.resnet.BasicBlock``, ``bn1``,
+    ``bn2``, then the shortcut's ``short_bn``)."""
+    _check_net(net)
+    return [block for block in _blocks(net) if is_batch_norm(block)]
 
 
 def _stat_params(layer: gluon.Block) -> Tuple[gluon.Parameter, gluon.Parameter]:
@@ -113,7 +152,8 @@ def channel_moments(X: nd.NDArray) -> Tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"X must be (N, C) or (N, C, H, W); got shape {X.shape}")
     values = X.asnumpy().astype(np.float64)
     axes = (0,) if X.ndim == 2 else (0, 2, 3)
-    return values.mean(axis=axes), values.var(axis=axes)
+    with np.errstate(invalid="ignore", over="ignore"):     # NaN in, NaN out: callers check
+        return values.mean(axis=axes), values.var(axis=axes)
 
 
 def _save_moving(layers: Sequence[gluon.Block]):
@@ -125,7 +165,8 @@ def input_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context, traini
     """The statistics of the inputs each batch-norm layer of ``net`` receives, one ``(mean, var)``
     pair of (C,) float64 arrays per layer, in order.
 
-    The net's layers run in order on each batch ``(X, y)`` of ``batches`` (at most ``num_batches``).
+    The net runs on each batch ``(X, y)`` of ``batches`` (at most ``num_batches``); a forward
+    pre-hook on every batch-norm layer (:func:`batch_norm_layers`) reads what the layer receives.
     ``training=False``: in inference mode, as a deployed net sees its data; the result is the mean and
     biased variance of all the values a layer received (the sample pooled). ``training=True``: in
     training mode (every layer normalising with its batch's statistics), as during training; the
@@ -164,46 +205,54 @@ def _input_statistics(net, batches, ctx, training, num_batches):
     _check_net(net)
     if num_batches is not None:
         num_batches = check_int("num_batches", num_batches, what="a positive int or None")
-    layers = leaf_layers(net)
-    bn_layers = [layer for layer in layers if is_batch_norm(layer)]
+    bn_layers = batch_norm_layers(net)
     if not bn_layers:
         raise ValueError("net has no batch-norm layer")
     saved = _save_moving(bn_layers)
-    means: List[List[np.ndarray]] = [[] for _ in bn_layers]
-    variances: List[List[np.ndarray]] = [[] for _ in bn_layers]
-    counts: List[int] = []
+    # per layer, one (mean, var, values per channel) for every call
+    records: List[List[Tuple[np.ndarray, np.ndarray, int]]] = [[] for _ in bn_layers]
+    current = [0]                                          # the batch being run
+
+    def hook_for(k: int):
+        def hook(layer, inputs):
+            h = inputs[0]
+            m, v = channel_moments(h)
+            if training:              # in inference mode a bad stored statistic is a finding
+                _check_finite_moments(m, v, k, layer, current[0])
+            records[k].append((m, v, h.size // h.shape[1]))
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(k)) for k, layer in enumerate(bn_layers)]
+    used = 0
     try:
-        with (autograd.train_mode() if training else autograd.predict_mode()):
+        with _imperative(net), (autograd.train_mode() if training else autograd.predict_mode()):
             for b, (X, _) in enumerate(batches):
                 if num_batches is not None and b >= num_batches:
                     break
-                h, k = X.as_in_context(ctx), 0
+                current[0] = b
                 _check_finite_input(X, b)
-                for layer in layers:
-                    if is_batch_norm(layer):
-                        m, v = channel_moments(h)
-                        if training:     # in inference mode a bad stored statistic
-                            _check_finite_moments(m, v, k, layer, b)   # is a finding
-                        means[k].append(m)
-                        variances[k].append(v)
-                        k += 1
-                    h = layer(h)
-                counts.append(X.shape[0])
+                net(X.as_in_context(ctx))
+                used += 1
     finally:
+        for handle in handles:
+            handle.detach()
         for layer, (m, v) in zip(bn_layers, saved):
             set_moving_statistics(layer, m, v)
-    if not counts:
+    if not used:
         raise ValueError("batches yielded no batch")
     result = []
-    for ms, vs in zip(means, variances):
-        ms, vs = np.stack(ms), np.stack(vs)
+    for layer, calls in zip(bn_layers, records):
+        if not calls:
+            raise ValueError(f"{layer.name} never ran: net's forward pass does not call it")
+        ms, vs = np.stack([c[0] for c in calls]), np.stack([c[1] for c in calls])
         if training:
             result.append((ms.mean(axis=0), vs.mean(axis=0)))
         else:
-            w = np.asarray(counts, dtype=np.float64)[:, None] / sum(counts)
+            w = np.asarray([c[2] for c in calls], dtype=np.float64)[:, None]
+            w /= w.sum()
             pooled = (w * ms).sum(axis=0)
             result.append((pooled, (w * (vs + (ms - pooled) ** 2)).sum(axis=0)))
-    return result, len(counts)
+    return result, used
 
 
 # ---- 1. the inference-statistics diagnostic -------------------------------------------------------------
@@ -327,7 +376,7 @@ def set_use_global_stats(net: gluon.Block, flag: bool) -> int:
     layers = [layer for layer in batch_norm_layers(net) if isinstance(layer, nn.BatchNorm)]
     for layer in layers:
         layer._kwargs["use_global_stats"] = flag
-    for block in [net] + leaf_layers(net):
+    for block in _blocks(net):
         if isinstance(block, gluon.HybridBlock):
             block._clear_cached_op()
     return len(layers)
@@ -536,7 +585,7 @@ def train_accumulated(net: gluon.Block, train_iter: Batches, micro_batch: int, n
 # ---- 6. changing the weights ----------------------------------------------------------------------------
 
 def _weights(net: gluon.Block) -> List[gluon.Parameter]:
-    return [layer.weight for layer in leaf_layers(net) if isinstance(layer, (nn.Conv2D, nn.Dense))]
+    return [layer.weight for layer in _blocks(net) if isinstance(layer, (nn.Conv2D, nn.Dense))]
 
 
 def prune_by_magnitude(net: gluon.Block, fraction: float) -> int:

@@ -178,7 +178,7 @@ def layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.Bl
     3) for 4-D inputs, axis 0 for 2-D ones.
 
     Uses forward pre-hooks, so a hybridized net is run un-hybridized for the measurement
-    (and hybridized again afterwards). A NaN or infinity in ``X``, or in the input a
+    (and hybridized again afterwards, with its flags). A NaN or infinity in ``X``, or in the input a
     layer receives, is a ``ValueError`` naming the batch (and the layer).
     """
     return _layer_input_stats(net, X, layers, batch_size, list(range(len(layers))))
@@ -212,22 +212,18 @@ def _layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.B
             sums[i][2] += z.size // z.shape[1]
         return hook
 
-    was_active = getattr(net, "_active", False)
-    if was_active:
-        net.hybridize(active=False)
+    from .diagnose import _imperative      # hooks fire: hybridized blocks run imperatively
     handles = [layer.register_forward_pre_hook(hook_for(i))
                for i, layer in enumerate(layers)]
     try:
         ctx = _context(net)
-        with autograd.predict_mode():
+        with _imperative(net), autograd.predict_mode():
             for b, Xb in enumerate(_batches(X, batch_size)):
                 current[0] = b
                 net(Xb.as_in_context(ctx))
     finally:
         for h in handles:
             h.detach()
-        if was_active:
-            net.hybridize()
     out = []
     for i in range(len(layers)):
         s, ss, n = sums[i]

@@ -326,3 +326,95 @@ def test_bad_arguments_name_the_argument():
         D.moving_statistics(nn.Dense(3))
     with pytest.raises(ValueError, match="mean must have shape"):
         D.set_moving_statistics(D.batch_norm_layers(net)[0], [0.0, 0.0], [1.0, 1.0, 1.0])
+
+
+# ---- nested blocks: the package's own ResNet (issue 25) -----------------------------------------------
+
+def _resnet(hybridize=False):
+    from d2lbn.resnet import small_resnet
+    d2lbn.set_seed(0)
+    net = small_resnet(widths=(4, 8, 8))
+    net.initialize(mx.init.Xavier())
+    if hybridize:
+        net.hybridize(static_alloc=True)
+    net(nd.random.uniform(shape=(2, 1, 28, 28)))
+    return net
+
+
+def _every_gluon_bn(net):
+    """Every gluon.nn.BatchNorm of net, by a walk of its own (not D's)."""
+    found = []
+    for child in net._children.values():
+        found += [child] if isinstance(child, nn.BatchNorm) else _every_gluon_bn(child)
+    return found
+
+
+def _running_means_by_name(net):
+    """An independent walk: the parameter table, not the block tree."""
+    return sorted(name for name in net.collect_params() if name.endswith("running_mean"))
+
+
+def test_batch_norm_layers_finds_every_layer_of_the_resnet():
+    net = _resnet()
+    names = _running_means_by_name(net)
+    assert len(names) == 9                      # stem + 2 per block + 2 projection shortcuts
+    found = D.batch_norm_layers(net)
+    assert sorted(layer.running_mean.name for layer in found) == names
+    block = net.blocks()[1]
+    assert [b.name for b in found[3:6]] == [block.bn1.name, block.bn2.name, block.short_bn.name]
+
+
+def test_check_moving_statistics_sees_a_nan_inside_a_block():
+    net = _resnet()
+    assert D.check_moving_statistics(net) == []
+    bad = net.blocks()[2].bn2
+    mean, var = D.moving_statistics(bad)
+    mean[3] = np.nan
+    D.set_moving_statistics(bad, mean, var)
+    problems = D.check_moving_statistics(net)
+    assert len(problems) == 1 and problems[0].startswith(bad.name + ": 1 moving means")
+
+
+@pytest.mark.parametrize("hybridize", [False, True])
+def test_recompute_statistics_on_the_resnet_matches_mxnets_own_update(rng, hybridize):
+    """Oracle: MXNet's BatchNorm itself. With momentum 0, one training step (forward and backward, the
+    CPU kernel updates its moving statistics in backward) stores each layer's batch mean and biased
+    variance; recompute_statistics over that one batch must store the same, in all 9 layers."""
+    X = nd.array(rng.uniform(size=(16, 1, 28, 28)))
+    net = _resnet(hybridize)
+    layers = _every_gluon_bn(net)
+    assert len(layers) == 9
+    for layer in layers:
+        layer._kwargs["momentum"] = 0.0
+    net._clear_cached_op()                              # momentum is baked into a graph
+    with autograd.record():
+        out = net(X)
+    out.backward()
+    expected = [D.moving_statistics(layer) for layer in layers]
+    for layer in layers:
+        D.set_moving_statistics(layer, np.zeros(layer.running_mean.shape), np.ones(layer.running_mean.shape))
+    assert D.recompute_statistics(net, [(X, None)], mx.cpu()) == 1
+    for layer, (m, v) in zip(layers, expected):
+        got_m, got_v = D.moving_statistics(layer)
+        np.testing.assert_allclose(got_m, m, rtol=1e-4, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(got_v, v, rtol=1e-4, atol=1e-5, err_msg=layer.name)
+    assert net._active == hybridize                      # hybridized as before
+    if hybridize:
+        assert dict(net._flags).get("static_alloc") is True
+
+
+def test_compare_statistics_on_the_resnet_names_the_layer_inside_a_block(rng):
+    """Every layer's statistics set to those of one batch X (MXNet's momentum-0 update, as above):
+    in inference mode on X each layer then meets exactly its stored statistics, so all 9 agree; shift
+    one moving mean inside a block and that layer is named."""
+    X = nd.array(rng.uniform(size=(16, 1, 28, 28)))
+    net = _resnet()
+    assert D.recompute_statistics(net, [(X, None)], mx.cpu()) == 1
+    checks = D.compare_statistics(net, X, batch_size=16)
+    assert len(checks) == 9 and D.disagreeing_layers(checks) == []
+    assert max(c.mean_shift for c in checks) < 1e-3 and max(c.var_ratio for c in checks) < 1.001
+    bad = net.blocks()[1].bn1
+    mean, var = D.moving_statistics(bad)
+    D.set_moving_statistics(bad, mean + 5 * np.sqrt(var), var)
+    named = D.disagreeing_layers(D.compare_statistics(net, X, batch_size=16))
+    assert named[0] == bad.name

@@ -108,6 +108,37 @@ def test_recalibrate_convolutional_statistics_and_hybridized_net(rng):
     assert net._active                           # still hybridized afterwards
 
 
+def test_recalibrate_finds_the_layers_inside_resnet_blocks_and_keeps_hybridize_flags(rng):
+    """The package's own ResNet (batch norm nested in basic blocks), hybridized with static_alloc:
+    every one of its 9 layers (counted in the parameter table) is recalibrated to the float64
+    statistics of its input, read by an independent forward pass with hooks (inference mode, the
+    recalibrated statistics), and the net stays hybridized with its flags."""
+    from d2lbn.resnet import small_resnet
+    net = small_resnet(widths=(4, 8, 8))
+    net.initialize(mx.init.Xavier())
+    net.hybridize(static_alloc=True)
+    X = nd.array(rng.uniform(size=(24, 1, 28, 28)))
+    net(X)
+    assert P.recalibrate_bn(net, X, batch_size=10) == 9
+    assert sum(n.endswith("running_mean") for n in net.collect_params()) == 9
+    assert net._active and dict(net._flags).get("static_alloc") is True
+    seen = {}
+    net.hybridize(active=False)
+    hooks = [layer.register_forward_pre_hook(
+        lambda block, inputs: seen.setdefault(block.name, inputs[0].asnumpy().astype(np.float64)))
+        for layer in P.bn_layers(net)]
+    net(X)
+    for h in hooks:
+        h.detach()
+    assert len(seen) == 9
+    for layer in P.bn_layers(net):
+        z = seen[layer.name]
+        np.testing.assert_allclose(layer.running_mean.data().asnumpy(), z.mean(axis=(0, 2, 3)),
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(layer.running_var.data().asnumpy(), z.var(axis=(0, 2, 3)),
+                                   rtol=1e-3, atol=1e-5)
+
+
 def test_recalibrate_refuses_a_net_without_batch_norm():
     net = nn.HybridSequential()
     net.add(nn.Dense(2, in_units=3))
