@@ -257,3 +257,32 @@ def test_main_builds_once_then_reuses_the_venv(tmp_path, monkeypatch):
                         lambda cmd, check=False, **kw: calls.append(cmd) or Done())
     assert gpu_tier.main(["--venv", str(venv)]) == 3
     assert len(calls) == 5 and "mxnet-cu112==1.9.1\n" in (venv / "requirements-gpu.txt").read_text()
+
+
+# ---- the cuDNN statistics tests (tests/gpu/test_cudnn_statistics.py) without a GPU ------------------
+
+def test_expected_moving_statistics_oracle():
+    """One update from 0 and 1 with momentum 0.9 on x = (1, 2, 3, 6): mean 3, biased variance 3.5,
+    unbiased 14/3 (the numbers of chapter 2)."""
+    import test_cudnn_statistics as cudnn_tests
+    x = np.array([[1.0], [2.0], [3.0], [6.0]])
+    mean, var = cudnn_tests.expected_moving(x, 0.9, "biased")
+    np.testing.assert_allclose([mean[0], var[0]], [0.3, 0.9 + 0.35])
+    mean, var = cudnn_tests.expected_moving(x, 0.9, "unbiased")
+    np.testing.assert_allclose([mean[0], var[0]], [0.3, 0.9 + 0.1 * 14 / 3])
+    with pytest.raises(ValueError, match="convention must be"):
+        cudnn_tests.expected_moving(x, 0.9, "sample")
+
+
+def test_cudnn_tests_on_the_cpu_skip_cudnn_and_check_the_cpu_kernel():
+    """D2LBN_GPU_TESTS_ON_CPU=1: the cuDNN tests skip with the reason (a CPU has no cuDNN), the
+    cudnn_off=True tests run on cpu(1) and pass, because the CPU kernel updates in backward() and
+    stores the biased variance, which is what they assert for MXNet's own GPU kernel."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+           "tests/gpu/test_cudnn_statistics.py"]
+    env = {k: v for k, v in os.environ.items() if k != "D2LBN_REQUIRE_GPU"}
+    env.update(PYTHONPATH=str(ROOT), D2LBN_GPU_TESTS_ON_CPU="1")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 passed, 6 skipped" in done.stdout, done.stdout
+    assert "D2LBN_GPU_TESTS_ON_CPU: cuDNN exists only on a GPU" in done.stdout
