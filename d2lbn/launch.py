@@ -22,6 +22,8 @@ suite needs:
   says which process failed and how, and the launcher returns non-zero; each child runs
   in its own process group and is told by the kernel to die with the launcher
   (``PR_SET_PDEATHSIG``), so none is left behind;
+* more processes than the open-file limit (``ulimit -n``) allows are refused in one line
+  before anything starts;
 * if the launcher's own output goes away (``... | head -1``), it keeps reading every
   process's output (so none blocks on a full pipe), stops the job the same way and exits
   with 141 (128 + SIGPIPE) after one line on stderr.
@@ -243,6 +245,33 @@ def _check_args(command: Sequence[str], num_workers: int,
     return list(command)
 
 
+def _check_open_files(num_workers: int, num_servers: int) -> None:
+    """Raise :class:`LaunchError` (one line) unless the open-file limit leaves room for the
+    job: while starting it the launcher holds one socket per process (to find free
+    ports), then one pipe per process (its output)."""
+    try:
+        import resource
+    except ImportError:                       # not Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return
+    try:
+        open_now = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        open_now = 3
+    processes = 1 + num_servers + num_workers
+    needed = open_now + processes + 16        # a few more while each process starts
+    if needed <= soft:
+        return
+    how = (f"raise it with ulimit -n {needed}" if hard == resource.RLIM_INFINITY or needed <= hard
+           else f"the hard limit is {hard}, so have it raised")
+    plural = lambda n, word: f"{n} {word}{'s' if n != 1 else ''}"    # noqa: E731
+    raise LaunchError(f"launch: {plural(num_workers, 'worker')}, {plural(num_servers, 'server')} "
+                      f"and the scheduler need about {needed} open files, but this process may "
+                      f"open {soft} (ulimit -n): {how}, or start fewer workers", 1)
+
+
 def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
            out: Optional[IO[str]] = None, env: Optional[Dict[str, str]] = None,
            timeout: Optional[float] = None, shutdown_seconds: float = 30.0) -> int:
@@ -260,6 +289,7 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     process has been stopped by then.
     """
     command = _check_args(command, num_workers, num_servers)
+    _check_open_files(num_workers, num_servers)
     out = sys.stdout if out is None else out
     lock = threading.Lock()
     output_gone = threading.Event()

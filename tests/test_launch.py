@@ -306,3 +306,32 @@ def test_sighup_to_the_launcher_stops_workers_and_their_children():
         _assert_none_left(token)
     finally:
         job.stop()
+
+
+def test_more_processes_than_the_open_file_limit_allows_is_one_line():
+    """`launch -n 1500` under the usual limit of 1024 open files: before the fix a 27-line OSError
+    traceback (Too many open files) from the middle of starting the job."""
+    import resource
+    token = uuid.uuid4().hex
+
+    def limit_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    try:
+        run = subprocess.run([sys.executable, "-c", CLI, "launch", "-n", "1500", "--", sys.executable,
+                              "-c", "pass"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                             env=_env(token), preexec_fn=limit_files)
+    finally:
+        _kill_token(token)
+    assert run.returncode == 1, run.stderr
+    line = one_line(run.stderr)
+    assert "1500 workers" in line and "open files" in line and "1024" in line, line
+    assert "ulimit -n" in line, line
+    assert run.stdout == ""
+    _assert_none_left(token)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
