@@ -26,7 +26,8 @@ from typing import Optional, Tuple
 import numpy as np
 from mxnet import nd
 
-__all__ = ["ArgumentTypeError", "FLOAT_DTYPES", "check_int", "check_real", "check_float_array",
+__all__ = ["ArgumentTypeError", "FLOAT_DTYPES", "check_int", "check_real", "check_sgd_momentum",
+           "check_float_array",
            "check_rank", "check_eps", "check_training", "check_norm_inputs", "check_momentum", "check_batch_norm_args",
            "check_layer_args", "check_layer_input", "check_layer_dtype"]
 
@@ -77,6 +78,20 @@ def check_real(name: str, value, *, positive: bool = False, finite: bool = True,
     if (finite and not math.isfinite(value)) or (positive and not value > 0):
         raise ValueError(f"{name} must be {what}; got {value!r}")
     return value
+
+
+def check_sgd_momentum(momentum, name: str = "momentum") -> float:
+    """Return SGD's ``momentum`` as a float if it is a real number in [0, 1): the fraction of the
+    previous update kept in the next. Anything else (1.5, -0.5, NaN) is a ``ValueError``, a
+    non-number an :class:`ArgumentTypeError`, each naming it."""
+    what = ("in [0, 1) (SGD keeps that fraction of the previous update: at 1 or more the "
+            "steps grow without bound, below 0 they flip sign)")
+    if not _is_number_like(momentum):
+        raise ArgumentTypeError(f"{name} must be a real number {what}; "
+                                f"got {momentum!r} ({type(momentum).__name__})")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"{name} must be {what}; got {momentum!r}")
+    return float(momentum)
 
 
 def check_float_array(name: str, value) -> None:

@@ -33,7 +33,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
-from .checks import check_int
+from .checks import check_int, check_real, check_sgd_momentum
 from .repro import set_seed
 
 __all__ = ["is_batch_norm", "leaf_layers", "batch_norm_layers", "moving_statistics",
@@ -557,6 +557,7 @@ def train_accumulated(net: gluon.Block, train_iter: Batches, micro_batch: int, n
     A batch whose size is not a multiple of ``micro_batch`` is skipped."""
     micro_batch = check_int("micro_batch", micro_batch)
     num_epochs = check_int("num_epochs", num_epochs)
+    lr, momentum = check_real("lr", lr, positive=True), check_sgd_momentum(momentum)
     set_seed(seed)
     net.initialize(mx.init.Xavier(), ctx=ctx, force_reinit=True)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()

@@ -100,6 +100,10 @@ def formula_grid(X: np.ndarray, batch_sizes: Sequence[int], gammas: Sequence[flo
     X = np.asarray(X.asnumpy() if isinstance(X, nd.NDArray) else X, dtype=np.float32)
     if X.ndim != 3:
         raise ValueError(f"X must be one channel of N images, (N, H, W); got shape {X.shape}")
+    bad = int((~np.isfinite(X)).sum())
+    if bad:
+        raise ValueError(f"X holds {bad} NaN or infinite value(s): every statistic of a batch "
+                         f"holding one would be NaN")
     sizes = tuple(int(b) for b in batch_sizes)
     if not sizes or any(b < 1 or b > X.shape[0] for b in sizes) or \
             any(b * X.shape[1] * X.shape[2] < 2 for b in sizes):
@@ -107,12 +111,12 @@ def formula_grid(X: np.ndarray, batch_sizes: Sequence[int], gammas: Sequence[flo
                          f"least two values each; got {list(batch_sizes)}")
     gammas, betas = tuple(float(g) for g in gammas), tuple(float(b) for b in betas)
     epsilons = tuple(float(e) for e in epsilons)
-    if not gammas or any(g <= 0 for g in gammas):
-        raise ValueError(f"gammas must be positive; got {list(gammas)}")
-    if not betas:
-        raise ValueError("betas must not be empty")
-    if not epsilons or any(not e > 0 for e in epsilons):
-        raise ValueError(f"epsilons must be > 0; got {list(epsilons)}")
+    for name, values, positive in (("gammas", gammas, True), ("betas", betas, False),
+                                   ("epsilons", epsilons, True)):
+        if not values or not all(math.isfinite(v) and (v > 0 or not positive)
+                                 for v in values):
+            what = "positive and finite" if positive else "finite"
+            raise ValueError(f"{name} must be {what}, at least one; got {list(values)}")
     batches = [nd.array(X[:b, None]) for b in sizes]
     one, zero = nd.ones(1), nd.zeros(1)
     # the normalised values x_hat (gamma 1, beta 0) bound every output: y = gamma x_hat + beta

@@ -528,6 +528,10 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
     images; and, if ``measure``, on the step's own mini-batch before its update:
     :func:`internal_covariate_shift` of every conv/dense layer but the first, and
     :func:`probe_gradient_direction` with ``step_sizes``.
+
+    A diverging run (``lr`` too large) raises ``FloatingPointError`` naming the step and
+    the learning rate, as ``d2lbn.train`` does: at the first non-finite training loss
+    (before its update), or at the first checkpoint whose measurements are not finite.
     """
     from .experiments import ArrayLoader, accuracy
     if kind not in KINDS:
@@ -563,6 +567,7 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
             if Z.ndim == 4:                            # (N, C, H, W) -> (N*H*W, C)
                 Z = Z.transpose(1, 0, 2, 3).reshape(Z.shape[1], -1).T
             percentiles.append(np.percentile(Z, [15, 50, 85], axis=0))
+            measured = [percentiles[-1]]
             if measure:
                 shifts = [internal_covariate_shift(net, loss_fn, X, y, i, lr)
                           for i in range(1, num_layers)]
@@ -573,14 +578,27 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
                 changes.append(probe_result.max_grad_change)
                 betas.append(probe_result.beta)
                 norms.append(probe_result.grad_norm)
+                measured += [ics_l2[-1], ics_cos[-1], ranges[-1], changes[-1], betas[-1],
+                             norms[-1]]
+            if not all(np.isfinite(m).all() for m in measured):
+                raise FloatingPointError(
+                    f"the measurements at step {step} of {num_steps} are NaN or infinite "
+                    f"(kind={kind!r}, lr={lr:g}, seed={seed}): the run has diverged; "
+                    f"lower the learning rate")
         if step == num_steps:
             break
         with autograd.record():
             loss = loss_fn(net(X), y).mean()
+        value = float(loss.asscalar())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"the training loss became {value} at step {step + 1} of {num_steps} "
+                f"(kind={kind!r}, lr={lr:g}, seed={seed}), before its update: the run "
+                f"has diverged; lower the learning rate")
         loss.backward()
         for p in trainable_params(net):
             p.set_data(p.data(ctx) - lr * p.grad(ctx))
-        losses.append(float(loss.asscalar()))
+        losses.append(value)
     run.seconds = time.perf_counter() - start
     run.train_loss = np.array(losses)
     run.percentiles = np.stack(percentiles)

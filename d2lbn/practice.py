@@ -17,7 +17,6 @@ to (N, 10).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -28,7 +27,7 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 from mxnet.lr_scheduler import CosineScheduler
 
-from .checks import check_int
+from .checks import check_int, check_real, check_sgd_momentum
 from .repro import set_seed
 
 __all__ = ["PLACEMENTS", "DROPOUT_SITES", "lenet_variant", "bn_layers", "copy_params",
@@ -48,10 +47,9 @@ DROPOUT_SITES = ("none", "before_bn", "after_bn")
 
 
 def _check_real(name: str, value) -> float:
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
-            or not math.isfinite(value)):
-        raise TypeError(f"{name} must be a finite real number; got {value!r}")
-    return float(value)
+    """A finite real number: a non-number is a ``TypeError``, NaN or infinity a
+    ``ValueError``, each naming ``name`` (``d2lbn.checks.check_real``)."""
+    return check_real(name, value, what="a finite real number")
 
 
 # ---- the nets ------------------------------------------------------------------------
@@ -363,10 +361,10 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float,
     num_epochs = check_int("num_epochs", num_epochs)
     batch_size = check_int("batch_size", batch_size)
     trace_every = check_int("trace_every", trace_every)
-    if not _check_real("lr", lr) > 0:
-        raise ValueError(f"lr must be > 0; got {lr!r}")
+    lr = check_real("lr", lr, positive=True)
     if not _check_real("wd", wd) >= 0:
         raise ValueError(f"wd must be >= 0; got {wd!r}")
+    momentum = check_sgd_momentum(momentum)
     train_X, train_y, test_X, test_y = data
     if seed is not None:
         set_seed(seed)

@@ -74,6 +74,25 @@ def test_formula_grid_matches_float64_batch_norm(rng):
                                                        rel=1e-4)
 
 
+@pytest.mark.parametrize("where, bad", [("gammas", float("nan")), ("gammas", float("inf")),
+                                        ("betas", float("nan")), ("betas", float("-inf")),
+                                        ("epsilons", float("nan")), ("epsilons", float("inf"))])
+def test_formula_grid_refuses_non_finite_settings(rng, where, bad):
+    """A NaN gamma gave NaN statistics and empty histograms; every setting must be finite."""
+    Z = rng.normal(size=(4, 3, 3))
+    args = dict(batch_sizes=(2,), gammas=(1.0,), betas=(0.0,), epsilons=(1e-5,))
+    args[where] = (1.0 if where != "betas" else 0.0, bad)
+    with pytest.raises(ValueError, match=rf"{where} must be .*finite.*got \[.*{bad}"):
+        X.formula_grid(Z, **args)
+
+
+def test_formula_grid_refuses_non_finite_data(rng):
+    Z = rng.normal(size=(4, 3, 3))
+    Z[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"X holds 1 NaN or infinite value"):
+        X.formula_grid(Z, (2,), (1.0,), (0.0,), (1e-5,))
+
+
 def test_formula_grid_rejects_bad_input(rng):
     Z = rng.normal(size=(4, 3, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="X must be"):

@@ -329,6 +329,23 @@ def test_why_run_rejects_bad_input(rng, kwargs, match):
         L.why_run(**args)
 
 
+@pytest.mark.parametrize("measure", [False, True])
+def test_why_run_raises_when_the_loss_diverges(rng, measure):
+    """lr=1e4 on plain LeNet: the loss overflows within a few steps. why_run must stop with a
+    FloatingPointError naming the step and the learning rate (as d2lbn.train does), not return NaN."""
+    with pytest.raises(FloatingPointError, match=r"step \d+ of 6 .*lr=10000"):
+        L.why_run("plain", _tiny_data(rng, 64), num_steps=6, lr=1e4, batch_size=16,
+                  measure_every=3, probe_size=16, test_limit=32, measure=measure)
+
+
+def test_why_run_without_divergence_returns_finite_measurements(rng):
+    run = L.why_run("bn", _tiny_data(rng, 64), num_steps=4, lr=0.05, batch_size=16,
+                    measure_every=2, probe_size=16, test_limit=32)
+    for values in (run.train_loss, run.percentiles, run.ics_l2, run.ics_cos, run.loss_range,
+                   run.beta, run.grad_norm):
+        assert values.size and np.isfinite(values).all()
+
+
 def test_drift_and_jumps_of_known_percentiles():
     steps = [0, 10, 20, 30, 40]
     t = np.arange(5.0)[:, None, None]

@@ -275,6 +275,29 @@ def test_fit_learns_and_is_reproducible(rng):
     assert results[0].loss[0] == pytest.approx(np.mean(results[0].batch_loss[:4]), rel=1e-5)
 
 
+@pytest.mark.parametrize("momentum", [1.5, -0.5, 1.0, float("nan")])
+def test_fit_refuses_a_momentum_outside_zero_to_one(rng, momentum):
+    """SGD's momentum keeps that fraction of the previous update: 1.5 makes every step larger than
+    the last (divergence), a negative one flips it. Refused before any training, naming it."""
+    net = P.lenet_variant()
+    net.initialize()
+    net(nd.ones((2, 1, 28, 28)))
+    before = net[0].weight.data().asnumpy().copy()
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\).*got " + str(momentum)):
+        P.fit(net, _tiny_data(rng, 64), 1, 0.1, momentum=momentum, init=False)
+    np.testing.assert_array_equal(net[0].weight.data().asnumpy(), before)
+    with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+        from d2lbn.diagnose import lenet_gluon_bn, train_accumulated
+        train_accumulated(lenet_gluon_bn(), [], 4, 1, 0.1, mx.cpu(), momentum=momentum)
+
+
+def test_fit_refuses_a_non_finite_learning_rate_naming_it(rng):
+    net = P.lenet_variant()
+    for lr in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"lr must be .*; got (nan|inf)"):
+            P.fit(net, _tiny_data(rng, 64), 1, lr)
+
+
 def test_copy_params(rng):
     src = P.lenet_variant()
     src.initialize(mx.init.Xavier())
