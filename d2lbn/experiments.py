@@ -23,7 +23,7 @@ import mxnet as mx
 from mxnet import autograd, gluon, init as mx_init, nd
 from mxnet.gluon import nn
 
-from .checks import check_int
+from .checks import check_int, check_momentum
 from .norm import BatchNorm, LayerNorm
 from .train import History, Settings, evaluate_accuracy, lenet_settings, quick_mode
 from .repro import set_seed
@@ -34,7 +34,8 @@ __all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statist
            "BatchSizeResult", "settle_moving_statistics", "batch_size_run", "batch_mean_noise",
            "study_seeds", "lenet_study_settings", "train_seeds", "seed_summary", "seed_table",
            "moving_statistics", "set_moving_statistics", "precise_statistics",
-           "relative_updates"]
+           "relative_updates", "LayerMoments", "layer_batch_moments", "remove_initial_values",
+           "ARMS", "statistics_arms", "arm_accuracies"]
 
 
 #: The batch-norm implementation the experiments use: the formula as written (``d2lbn.norm.batch_norm``),
@@ -188,13 +189,15 @@ class Figure1Result:
     the 15th, 50th and 85th percentile over the probe images of each last-layer sigmoid's input;
     ``inputs``: (len(steps), probe_size), the inputs of sigmoid ``record_unit`` itself at each step
     (the values whose percentiles are ``percentiles[:, :, record_unit]``; the book's explorer draws
-    their histogram)."""
+    their histogram). ``net``: the trained net itself (its moving statistics as training left
+    them), for measurements after training; None when the result was built by hand."""
     batch_norm: bool
     steps: List[int] = field(default_factory=list)
     test_acc: List[float] = field(default_factory=list)
     percentiles: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 0)))
     inputs: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     record_unit: int = 0
+    net: Optional[gluon.Block] = field(default=None, repr=False, compare=False)
 
 
 def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: int = 60,
@@ -253,6 +256,7 @@ def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: i
             measure(step)
     result.percentiles = np.stack(percentiles)
     result.inputs = np.stack(inputs)
+    result.net = net
     return result
 
 
@@ -278,15 +282,21 @@ def percentile_drift(result: Figure1Result, start_step: int = 0) -> float:
 def lenet_with_norm(norm: Optional[str], activation: str = "relu", impl=None) -> gluon.Block:
     """LeNet (``d2lbn.models``) with ``norm`` after every conv/dense layer but the last, before the
     activation: None (plain LeNet), ``'batch'`` (``d2lbn.norm.BatchNorm`` with ``impl``) or
-    ``'layer'`` (``d2lbn.norm.LayerNorm``). X: (N, 1, 28, 28) -> (N, 10). ``impl=None``: :data:`IMPL`."""
+    ``'layer'`` (``d2lbn.norm.LayerNorm``); ``'batch+output'``: as ``'batch'``, and batch norm
+    after the last layer too, on the 10 scores before the softmax. X: (N, 1, 28, 28) -> (N, 10).
+    ``impl=None``: :data:`IMPL`."""
     from . import models
     if norm is None:
         return models.lenet(activation)
     if norm == "batch":
         return models.lenet_bn(activation, impl=IMPL if impl is None else impl)
+    if norm == "batch+output":
+        net = models.lenet_bn(activation, impl=IMPL if impl is None else impl)
+        net.add(BatchNorm(models.NUM_CLASSES, 2, impl=IMPL if impl is None else impl))
+        return net
     if norm == "layer":
         return models._build(lambda num_features, num_dims: LayerNorm(num_features, num_dims), activation)
-    raise ValueError(f"norm must be None, 'batch' or 'layer'; got {norm!r}")
+    raise ValueError(f"norm must be None, 'batch', 'batch+output' or 'layer'; got {norm!r}")
 
 
 @dataclass
@@ -354,7 +364,10 @@ class BatchSizeResult:
     ``precise_acc``: inference mode with precise statistics (:func:`precise_statistics`);
     ``train_mode_acc``: training mode, each test batch (of the training batch size) normalised with
     its own statistics. ``var_ratio``: for each batch-norm layer, the moving variance divided by the
-    precise variance, averaged over the channels (empty for layer norm)."""
+    precise variance, averaged over the channels (empty for layer norm). ``moving_stats``: the
+    moving statistics as training left them (:func:`moving_statistics`; empty for layer norm);
+    ``net``: the trained net, which holds the *precise* statistics (for measurements after
+    the run)."""
     norm: str
     batch_size: int
     lr: float
@@ -365,6 +378,8 @@ class BatchSizeResult:
     precise_acc: float
     train_mode_acc: float
     var_ratio: List[float] = field(default_factory=list)
+    moving_stats: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    net: Optional[gluon.Block] = field(default=None, repr=False, compare=False)
 
     @property
     def inference_acc(self) -> float:
@@ -420,6 +435,7 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
     test_loader = ArrayLoader(test_X, test_y, batch_size)
     moving_acc = accuracy(net, test_loader, ctx)
     ratios: List[float] = []
+    moving: List[Tuple[np.ndarray, np.ndarray]] = []
     if _norm_layers(net):
         moving = moving_statistics(net)
         precise = precise_statistics(net, train_loader, precise_batches or len(train_loader), ctx)
@@ -428,7 +444,7 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
     return BatchSizeResult(norm, batch_size, lr, num_epochs * len(train_loader),
                            history.loss[-1], history.train_acc[-1], moving_acc,
                            accuracy(net, test_loader, ctx),
-                           train_mode_accuracy(net, test_loader, ctx), ratios)
+                           train_mode_accuracy(net, test_loader, ctx), ratios, moving, net)
 
 
 def batch_mean_noise(X: nd.NDArray, batch_size: int,
@@ -530,6 +546,172 @@ def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Conte
         mean = first / done
         stats.append((mean, np.maximum(second / done - mean ** 2, 0.0)))
     return stats
+
+
+# ---- 4b. what the moving averages miss: one factor at a time ---------------------------------------
+
+@dataclass
+class LayerMoments:
+    """Batch statistics of one batch-norm layer's input, averaged with equal weights over
+    batches, as float64 arrays (C,): ``mean`` = E[mu_B]; ``batch_var`` = E[sigma2_B], the
+    average of each batch's biased variance (what a moving average of the batch variances
+    estimates); ``pooled_var`` = E[sigma2_B + mu_B**2] - E[mu_B]**2, the precise variance
+    (:func:`precise_statistics`). ``values``: the values per channel in one batch of the
+    loader (N, or N*H*W for images)."""
+    mean: np.ndarray
+    batch_var: np.ndarray
+    pooled_var: np.ndarray
+    values: int
+
+    @property
+    def within_share(self) -> np.ndarray:
+        """batch_var / pooled_var per channel: the share of the variance that lies within a
+        batch (1 where the pooled variance is 0). For N independent values per channel
+        it is (N - 1) / N on average."""
+        return np.divide(self.batch_var, self.pooled_var,
+                         out=np.ones_like(self.batch_var), where=self.pooled_var > 0)
+
+
+def layer_batch_moments(net: gluon.Block, loader, num_batches: int, ctx: mx.Context,
+                        training: bool = True) -> List[LayerMoments]:
+    """:class:`LayerMoments` of every ``d2lbn.norm.BatchNorm`` layer's input over
+    ``num_batches`` batches of ``loader`` (passing over it again if it has fewer), with
+    the weights fixed. The inputs are read by a forward pre-hook, in float64.
+
+    ``training=True``: every layer in training mode, as during training (each batch
+    normalised with its own statistics, so the examples of a batch depend on each other
+    at every layer after the first); the moving statistics are left unchanged.
+    ``training=False``: the net in inference mode (every example normalised with the
+    stored statistics, alone), so the examples of a batch stay independent.
+    Batches are weighted equally (exact for batches of equal size)."""
+    num_batches = check_int("num_batches", num_batches)
+    layers = _norm_layers(net)
+    if not layers:
+        raise ValueError("net has no d2lbn.norm.BatchNorm layer to take statistics of")
+    sums = [{"mean": 0.0, "var": 0.0, "square": 0.0, "values": 0} for _ in layers]
+
+    def make_hook(acc):
+        def hook(block, inputs):
+            X = inputs[0].asnumpy().astype(np.float64)
+            axes = (0,) if X.ndim == 2 else (0, 2, 3)
+            mean = X.mean(axis=axes)
+            acc["mean"] = acc["mean"] + mean
+            acc["var"] = acc["var"] + X.var(axis=axes)
+            acc["square"] = acc["square"] + mean ** 2
+            acc["values"] = acc["values"] or X.size // X.shape[1]
+        return hook
+
+    handles = [layer.register_forward_pre_hook(make_hook(acc))
+               for layer, acc in zip(layers, sums)]
+    mode = autograd.train_mode() if training else autograd.predict_mode()
+    done = 0
+    try:
+        with frozen_moving_statistics(net), mode:
+            while done < num_batches:
+                for X, _ in loader:
+                    net(X.as_in_context(ctx))
+                    done += 1
+                    if done == num_batches:
+                        break
+    finally:
+        for handle in handles:
+            handle.detach()
+    out = []
+    for acc in sums:
+        mean, batch_var = acc["mean"] / done, acc["var"] / done
+        pooled = np.maximum(batch_var + acc["square"] / done - mean ** 2, 0.0)
+        out.append(LayerMoments(mean, batch_var, pooled, acc["values"]))
+    return out
+
+
+def remove_initial_values(stats: Sequence[Tuple[np.ndarray, np.ndarray]], num_updates: int,
+                          momentum: float = 0.9, initial: Tuple[float, float] = (0.0, 1.0)
+                          ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Moving statistics without the weight their initial values still carry.
+
+    After t updates ``moving = momentum * moving + (1 - momentum) * batch`` from
+    ``initial`` (mean 0, variance 1, as ``d2lbn.norm.BatchNorm`` starts),
+    ``m_t = momentum**t * initial + (1 - momentum) * sum_k momentum**(t - k) x_k``: the
+    batches' weights sum to 1 - momentum**t. This returns
+    ``(m_t - momentum**t * initial) / (1 - momentum**t)`` for every (mean, var) pair, the
+    same exponential weighting of the batches alone (Adam's bias correction)."""
+    num_updates = check_int("num_updates", num_updates)
+    check_momentum(momentum)
+    left = float(momentum) ** num_updates
+    return [((np.asarray(mean, np.float64) - left * initial[0]) / (1 - left),
+             (np.asarray(var, np.float64) - left * initial[1]) / (1 - left))
+            for mean, var in stats]
+
+
+#: The statistics :func:`statistics_arms` builds, each one factor away from the one before.
+ARMS = ("moving", "moving, unbiased", "initial values removed", "average at final weights",
+        "equal weights", "precise")
+
+
+def statistics_arms(net: gluon.Block, moving: Sequence[Tuple[np.ndarray, np.ndarray]],
+                    moments: Sequence[LayerMoments], loader, num_updates: int,
+                    ctx: mx.Context, max_batches: int = 200
+                    ) -> Dict[str, List[Tuple[np.ndarray, np.ndarray]]]:
+    """Six sets of statistics for a trained net's batch-norm layers (:data:`ARMS`),
+    to tell apart what separates the moving averages from precise statistics:
+
+    * ``"moving"``: ``moving``, as training left them (``num_updates`` updates);
+    * ``"moving, unbiased"``: the same with every variance times n / (n - 1), n the
+      values per channel in a batch (what PyTorch, and cuDNN on a GPU, store);
+    * ``"initial values removed"``: ``moving`` without the leftover of the initial
+      values (:func:`remove_initial_values`);
+    * ``"average at final weights"``: the same exponential average, over
+      ``min(num_updates, max_batches)`` fresh batches of ``loader`` with the final
+      weights (training-mode passes, initial values removed): no lag behind the weights;
+    * ``"equal weights"``: mean E[mu_B] and variance E[sigma2_B] of ``moments``: the
+      batch statistics averaged with equal weights, the variance still the batches' own;
+    * ``"precise"``: mean E[mu_B] and the pooled variance of ``moments``.
+
+    ``moments``: :func:`layer_batch_moments` of the net in training mode over
+    ``loader``. The net's moving statistics are restored on exit."""
+    num_updates = check_int("num_updates", num_updates)
+    max_batches = check_int("max_batches", max_batches)
+    layers = _norm_layers(net)
+    if not (len(moving) == len(moments) == len(layers)):
+        raise ValueError(f"moving and moments must hold one entry per batch-norm layer "
+                         f"({len(layers)}); got {len(moving)} and {len(moments)}")
+    momenta = {layer.momentum for layer in layers}
+    if len(momenta) != 1:
+        raise ValueError(f"the batch-norm layers must share one momentum; got {momenta}")
+    momentum = momenta.pop()
+    moving = [(np.asarray(m, np.float64), np.asarray(v, np.float64)) for m, v in moving]
+    arms = {"moving": moving,
+            "moving, unbiased": [(m, v * k.values / (k.values - 1))
+                                 for (m, v), k in zip(moving, moments)],
+            "initial values removed": remove_initial_values(moving, num_updates, momentum)}
+    saved = moving_statistics(net)
+    fresh = min(num_updates, max_batches)
+    try:
+        set_moving_statistics(net, [(np.zeros_like(m), np.ones_like(v)) for m, v in moving])
+        settle_moving_statistics(net, loader, fresh, ctx)
+        arms["average at final weights"] = remove_initial_values(moving_statistics(net),
+                                                                 fresh, momentum)
+    finally:
+        set_moving_statistics(net, saved)
+    arms["equal weights"] = [(k.mean, k.batch_var) for k in moments]
+    arms["precise"] = [(k.mean, k.pooled_var) for k in moments]
+    return arms
+
+
+def arm_accuracies(net: gluon.Block, arms: Dict[str, Sequence[Tuple[np.ndarray, np.ndarray]]],
+                   loader, ctx: mx.Context) -> Dict[str, float]:
+    """Inference-mode accuracy over ``loader`` with each set of statistics of ``arms``
+    (as :func:`statistics_arms` returns) stored in turn; the net's own moving
+    statistics are restored on exit."""
+    saved = moving_statistics(net)
+    out = {}
+    try:
+        for name, stats in arms.items():
+            set_moving_statistics(net, stats)
+            out[name] = accuracy(net, loader, ctx)
+    finally:
+        set_moving_statistics(net, saved)
+    return out
 
 
 # ---- 5. the effective learning rate of a layer followed by batch norm -------------------------------

@@ -274,3 +274,179 @@ def test_plot_seeds_draws_the_mean_and_a_min_max_band():
     with pytest.raises(ValueError, match="one sequence of 3 values"):
         plot_seeds(ax, [1, 2, 3], [[0.1, 0.2]], "bad")
     plt.close(fig)
+
+
+# ---- what the moving averages miss: one factor at a time (issue 24) --------------------------------
+
+def _two_bn_mlp():
+    """Dense(4) -> BN -> ReLU -> Dense(3) -> BN: the second BN's input depends, in training
+    mode, on the first BN's batch statistics."""
+    net = gluon.nn.Sequential()
+    net.add(gluon.nn.Dense(4, in_units=3), d2lbn.norm.BatchNorm(4, 2, impl="naive"),
+            gluon.nn.Activation("relu"), gluon.nn.Dense(3, in_units=4),
+            d2lbn.norm.BatchNorm(3, 2, impl="naive"))
+    net.initialize(mx.init.Normal(1.0))
+    return net
+
+
+def _numpy_forward_to_second_bn(net, X, first_stats=None):
+    """float64 oracle: the input of the second BN for the rows of X, the first BN normalising
+    with the batch's own statistics (first_stats None) or with the given (mean, var)."""
+    from conftest import numpy_batch_norm
+    W1, b1 = net[0].weight.data().asnumpy().astype(np.float64), net[0].bias.data().asnumpy()
+    W2, b2 = net[3].weight.data().asnumpy().astype(np.float64), net[3].bias.data().asnumpy()
+    g1 = net[1].gamma.data().asnumpy().astype(np.float64)
+    be1 = net[1].beta.data().asnumpy().astype(np.float64)
+    Z1 = X @ W1.T + b1
+    if first_stats is None:
+        Y1 = numpy_batch_norm(Z1, g1, be1)[0]
+    else:
+        mean, var = first_stats
+        Y1 = g1 * (Z1 - mean) / np.sqrt(var + 1e-5) + be1
+    return Z1, np.maximum(Y1, 0) @ W2.T + b2
+
+
+def test_layer_batch_moments_against_a_numpy_forward_pass(rng):
+    """Per-batch mean and biased variance of each BN layer's input, in float64: training mode
+    couples the rows of a batch through the first BN, inference mode does not."""
+    net = _two_bn_mlp()
+    X = rng.normal(1.0, 2.0, size=(24, 3))
+    loader = E.ArrayLoader(nd.array(X), nd.zeros(24), 6)
+    stored = [(np.array([0.5, -0.2, 0.1, 0.3]), np.array([2.0, 1.0, 3.0, 0.5])),
+              (np.zeros(3), np.ones(3))]
+    E.set_moving_statistics(net, stored)
+    for training in (True, False):
+        got = E.layer_batch_moments(net, loader, 4, mx.cpu(), training=training)
+        firsts, seconds = [], []
+        for i in range(4):
+            xb = X[i * 6:(i + 1) * 6]
+            z1, z2 = _numpy_forward_to_second_bn(net, xb, None if training else stored[0])
+            firsts.append(z1)
+            seconds.append(z2)
+        for k, zs in zip(got, (firsts, seconds)):
+            mu = np.stack([z.mean(axis=0) for z in zs])
+            var = np.stack([z.var(axis=0) for z in zs])
+            np.testing.assert_allclose(k.mean, mu.mean(axis=0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(k.batch_var, var.mean(axis=0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(k.pooled_var, np.concatenate(zs).var(axis=0),
+                                       rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(k.within_share, k.batch_var / k.pooled_var)
+            assert k.values == 6
+    for (m0, v0), (m1, v1) in zip(stored, E.moving_statistics(net)):     # untouched
+        np.testing.assert_allclose(m1, m0, rtol=1e-6)
+        np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    assert not net[1]._forward_pre_hooks                                   # hooks removed
+    with pytest.raises(ValueError, match="num_batches"):
+        E.layer_batch_moments(net, loader, 0, mx.cpu())
+
+
+def test_within_batch_share_of_independent_values_is_n_minus_one_over_n(rng):
+    """For independent examples the batch variance averages (m - 1) / m of the pooled one."""
+    net = gluon.nn.Sequential()
+    net.add(d2lbn.norm.BatchNorm(50, 2, impl="naive"))
+    net.initialize()
+    X = nd.array(rng.normal(3.0, 2.0, size=(4000, 50)))
+    (k,) = E.layer_batch_moments(net, E.ArrayLoader(X, nd.zeros(4000), 4), 1000, mx.cpu())
+    assert k.values == 4
+    assert k.within_share.mean() == pytest.approx(0.75, abs=0.01)
+
+
+def test_remove_initial_values_recovers_the_weighted_batch_average(rng):
+    """t training-mode passes from (0, 1): the result equals the batches' own statistics with
+    weights (1 - mom) mom^(t - k), normalised to sum to one (NumPy oracle)."""
+    layer = d2lbn.norm.BatchNorm(3, 2, impl="naive")
+    layer.initialize()
+    batches = [rng.normal(rng.uniform(-3, 3), rng.uniform(0.5, 2), size=(5, 3)) for _ in range(7)]
+    with autograd.train_mode():
+        for xb in batches:
+            layer(nd.array(xb))
+    (mean, var), = E.remove_initial_values(E.moving_statistics(layer), 7, 0.9)
+    w = 0.1 * 0.9 ** np.arange(6, -1, -1)
+    w /= w.sum()
+    np.testing.assert_allclose(mean, sum(wk * b.mean(axis=0) for wk, b in zip(w, batches)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(var, sum(wk * b.var(axis=0) for wk, b in zip(w, batches)),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="momentum"):
+        E.remove_initial_values([(mean, var)], 3, 1.0)
+    with pytest.raises(ValueError, match="num_updates"):
+        E.remove_initial_values([(mean, var)], 0)
+
+
+def test_statistics_arms_each_against_numpy(rng):
+    """One BN layer on the loader's batches, unshuffled: every arm by hand in float64."""
+    net = gluon.nn.Sequential()
+    net.add(d2lbn.norm.BatchNorm(3, 2, impl="naive"))
+    net.initialize()
+    X = rng.normal([1.0, -2.0, 0.5], [1.0, 2.0, 0.5], size=(40, 3))
+    loader = E.ArrayLoader(nd.array(X), nd.zeros(40), 8)          # 5 batches, in order
+    moving = [(np.array([0.9, -1.5, 0.4]), np.array([0.6, 3.0, 0.2]))]
+    E.set_moving_statistics(net, moving)
+    moments = E.layer_batch_moments(net, loader, 5, mx.cpu())
+    arms = E.statistics_arms(net, moving, moments, loader, 12, mx.cpu(), max_batches=7)
+    assert tuple(arms) == E.ARMS
+    batches = [X[i * 8:(i + 1) * 8] for i in range(5)]
+    mu = np.stack([b.mean(axis=0) for b in batches])
+    var = np.stack([b.var(axis=0) for b in batches])
+    np.testing.assert_allclose(arms["moving"][0][1], moving[0][1])
+    np.testing.assert_allclose(arms["moving, unbiased"][0][1], moving[0][1] * 8 / 7)
+    left = 0.9 ** 12
+    np.testing.assert_allclose(arms["initial values removed"][0][1],
+                               (moving[0][1] - left) / (1 - left))
+    seen = [0, 1, 2, 3, 4, 0, 1]                                  # 7 fresh batches, wrapping
+    w = 0.1 * 0.9 ** np.arange(6, -1, -1)
+    w /= w.sum()
+    np.testing.assert_allclose(arms["average at final weights"][0][0],
+                               sum(wk * mu[i] for wk, i in zip(w, seen)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(arms["average at final weights"][0][1],
+                               sum(wk * var[i] for wk, i in zip(w, seen)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(arms["equal weights"][0][1], var.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(arms["precise"][0][1], X.var(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(arms["precise"][0][0], X.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(E.moving_statistics(net)[0][1], moving[0][1], rtol=1e-6)
+    with pytest.raises(ValueError, match="one entry per batch-norm layer"):
+        E.statistics_arms(net, moving * 2, moments, loader, 3, mx.cpu())
+
+
+def test_arm_accuracies_evaluates_each_arm_and_restores(rng):
+    net = _bn_mlp(rng)
+    X = nd.array(rng.normal(2.0, 1.0, size=(64, 5)))
+    y = nd.array(rng.integers(0, 3, size=64))
+    loader = E.ArrayLoader(X, y, 16)
+    own = E.moving_statistics(net)
+    far = [(m + 50.0, v) for m, v in own]
+    got = E.arm_accuracies(net, {"own": own, "far": far}, loader, mx.cpu())
+    assert got["own"] == E.accuracy(net, loader, mx.cpu())
+    E.set_moving_statistics(net, far)
+    far_acc = E.accuracy(net, loader, mx.cpu())
+    E.set_moving_statistics(net, own)
+    assert got["far"] == far_acc
+    np.testing.assert_array_equal(E.moving_statistics(net)[0][0], own[0][0])
+
+
+def test_lenet_with_batch_norm_on_the_output_standardises_the_scores():
+    d2lbn.set_seed(0)
+    net = E.lenet_with_norm("batch+output")
+    net.initialize(mx.init.Xavier())
+    X = nd.random.uniform(shape=(32, 1, 28, 28))
+    with E.frozen_moving_statistics(net), autograd.train_mode():
+        scores = net(X).asnumpy().astype(np.float64)
+    assert len(E._norm_layers(net)) == 5 and scores.shape == (32, 10)
+    np.testing.assert_allclose(scores.mean(axis=0), 0, atol=1e-4)   # gamma 1, beta 0
+    np.testing.assert_allclose(scores.var(axis=0), 1, atol=1e-3)
+
+
+def test_runs_keep_their_nets_and_moving_statistics():
+    d2lbn.set_seed(0)
+    X = nd.random.uniform(shape=(48, 1, 28, 28))
+    y = nd.array(np.arange(48) % 10)
+    bn = E.batch_size_run("batch", 8, (X, y, X[:16], y[:16]), num_epochs=1)
+    stored = E.moving_statistics(bn.net)                  # the precise statistics
+    assert len(bn.moving_stats) == 4
+    for ratio, (m, v), (_, pv) in zip(bn.var_ratio, bn.moving_stats, stored):
+        assert ratio == pytest.approx(float((v / pv).mean()), rel=1e-5)
+    flat = nd.random.uniform(shape=(40, 784))
+    fig = E.figure1_run(True, 3, batch_size=8, eval_every=3, test_limit=10, probe_size=10,
+                        data=(flat, nd.array(np.arange(40) % 10), flat, nd.zeros(40)))
+    assert isinstance(fig.net, E.SigmoidMLP)
+    assert not np.allclose(E.moving_statistics(fig.net)[0][0], 0)   # trained, not fresh
