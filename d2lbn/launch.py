@@ -56,10 +56,13 @@ LOCALHOST = "127.0.0.1"
 #: the role. mxnet 1.9.1 reads ``numpy.bool``, gone from NumPy 1.24 on: restore it
 #: first where it is missing, as ``d2lbn/__init__.py`` does.
 SERVER_COMMAND = [sys.executable, "-c",
-                  "import numpy; vars(numpy).setdefault('bool', bool); import mxnet"]
+                  'import numpy; vars(numpy).setdefault("bool", bool); import mxnet']
 #: Set in every process unless the environment already sets them (see the
 #: module's docstring).
 ENV_DEFAULTS = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
+#: Added to every command that ``--hostfile`` prints: the hosts start at different
+#: moments, so a worker waits up to a minute for the scheduler (d2lbn.distributed).
+HOSTFILE_ENV = {"D2LBN_SCHEDULER_WAIT": "60"}
 #: Signals that make the launcher stop every process and exit (Ctrl-C; kill; the
 #: terminal closing).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -427,7 +430,9 @@ def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int
     workdir = workdir or os.getcwd()
     common = dict(root_uri=hosts[0], root_port=port, num_workers=num_workers,
                   num_servers=num_servers)
-    server = " ".join(shlex.quote(c) for c in ["python", "-c", "import mxnet"])
+    # the local launcher's server command, with the remote host's python: it restores the
+    # numpy.bool alias mxnet 1.9.1 reads, so that it also works under NumPy >= 1.24
+    server = " ".join(shlex.quote(c) for c in ["python", *SERVER_COMMAND[1:]])
     worker = " ".join(shlex.quote(c) for c in command)
     jobs = [("scheduler", hosts[0], role_env("scheduler", **common), server)]
     jobs += [("server", hosts[k % len(hosts)], role_env("server", **common), server)
@@ -436,7 +441,7 @@ def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int
              for k in range(num_workers)]
     lines = []
     for role, host, env, cmd in jobs:
-        env = {**env, **ENV_DEFAULTS}
+        env = {**env, **ENV_DEFAULTS, **HOSTFILE_ENV}
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         remote = f"cd {shlex.quote(workdir)} && env {exports} {cmd}"
         lines.append(f"ssh -o StrictHostKeyChecking=no {shlex.quote(host)} "

@@ -335,3 +335,39 @@ def one_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
     return lines[0]
+
+
+# NumPy 1.24 removed the alias numpy.bool that mxnet 1.9.1 reads at import; this prelude makes
+# NumPy 1.23 behave so (its module __getattr__ answers 'bool' with the 1.24 AttributeError).
+NUMPY_124 = ("import numpy\n_getattr = numpy.__getattr__\n"
+             "def _no_bool(name):\n"
+             "    if name == 'bool':\n"
+             "        raise AttributeError(\"module 'numpy' has no attribute 'bool'\")\n"
+             "    return _getattr(name)\n"
+             "numpy.__getattr__ = _no_bool\nvars(numpy).pop('bool', None)\n")
+
+
+def test_hostfile_server_and_scheduler_commands_work_under_numpy_124(tmp_path):
+    """The printed scheduler/server commands ran `python -c 'import mxnet'`, which fails under
+    NumPy >= 1.24 (numpy.bool is gone); the local launcher already restored the alias first."""
+    lines = L.hostfile_commands(["python", "-m", "d2lbn", "train", "--kvstore", "dist_sync"], 1, 1,
+                                ["node-a"], port=9200, workdir=str(tmp_path))
+    checked = 0
+    for line in lines[:2]:                            # the scheduler's and the server's
+        ssh = shlex.split(line)
+        assert ssh[:4] == ["ssh", "-o", "StrictHostKeyChecking=no", "node-a"] and ssh[-1] == "&"
+        remote = shlex.split(ssh[4])
+        assert remote[:4] == ["cd", str(tmp_path), "&&", "env"]
+        argv = [a for a in remote[4:] if "=" not in a or a.startswith("import")]
+        assert argv[:2] == ["python", "-c"], argv
+        # run the printed code here, under the NumPy 1.24 stand-in and without DMLC_ROLE (so that
+        # importing mxnet returns instead of becoming a server)
+        run = subprocess.run([sys.executable, "-c", NUMPY_124 + argv[2]], capture_output=True,
+                             text=True, timeout=120, env=_env())
+        assert run.returncode == 0, run.stderr[-800:]
+        checked += 1
+    # the stand-in is faithful: the bare import fails under it
+    bare = subprocess.run([sys.executable, "-c", NUMPY_124 + "import mxnet"], capture_output=True,
+                          text=True, timeout=120, env=_env())
+    assert bare.returncode != 0 and "has no attribute 'bool'" in bare.stderr
+    assert checked == 2
