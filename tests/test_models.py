@@ -96,3 +96,33 @@ def test_scratch_equals_builtin_with_same_weights(activation, impl, path, monkey
                                        err_msg=f"gradient of {name}")
         elif p.grad_req != "null":
             assert np.abs(p.grad().asnumpy() - q.grad().asnumpy()).max() < 1e-3, f"gradient of {name}"
+
+
+@pytest.mark.parametrize("impl, batch, expected", [
+    (None, 128, "graph"),       # the chapters' batch: every input well under the graph's limit
+    ("naive", 128, "naive"),
+    (None, 512, None),          # the first conv-BN input, 512*6*24*24 values, exceeds the limit
+])
+def test_which_code_lenet_bn_trains_through(impl, batch, expected):
+    # oracle: the size rule, applied by hand to LeNet's four batch-norm inputs
+    from d2lbn.graph_norm import GRAPH_MAX_SIZE
+    from d2lbn.paths import record_paths
+    sizes = [batch * 6 * 24 * 24, batch * 16 * 8 * 8, batch * 120, batch * 84]
+    net = initialised("lenet-bn", impl=impl)
+    X, y = nd.random.uniform(shape=(batch, 1, 28, 28)), nd.zeros(batch)
+    with record_paths() as taken:
+        with autograd.record():
+            loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(X), y)
+        loss.backward()
+    if expected is None:
+        expected_paths = {}
+        for size in sizes:
+            path = "graph" if size <= GRAPH_MAX_SIZE else "closed-form"
+            expected_paths[path] = expected_paths.get(path, 0) + 1
+        assert expected_paths == {"closed-form": 1, "graph": 3}
+        assert dict(taken) == expected_paths
+    else:
+        assert dict(taken) == {expected: 4}
+    with record_paths() as taken:                 # inference: one scale-and-shift per layer
+        net(X[:8])
+    assert dict(taken) == {("naive-inference" if impl == "naive" else "fast-inference"): 4}
