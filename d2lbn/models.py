@@ -44,7 +44,8 @@ __all__ = ["ACTIVATIONS", "MODELS", "lenet", "lenet_bn", "lenet_bn_gluon", "get_
            "model_names", "batch_norm_layers"]
 
 #: Activations the nets accept. ReLU is the default: with it the batch-norm LeNet passes 0.90 test
-#: accuracy within 10 epochs; ``'sigmoid'`` reproduces the original d2l setting.
+#: accuracy within 10 epochs; ``'sigmoid'`` is the activation of d2l's batch-norm LeNet (both
+#: editions; they differ in learning rate and batch size, see the LeNet chapter's first exercise).
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 
 #: Convolutions (channels) and dense layers (units) of LeNet, in order.
