@@ -268,8 +268,8 @@ def data_parallel_lenet(norm: str, num_devices: int, activation: str = "relu") -
     ``gluon.contrib.nn.SyncBatchNorm``, whose operator blocks until all ``num_devices``
     devices have reached it: run each device's forward and backward pass in its own thread,
     as :func:`data_parallel_step` does (:func:`in_threads`). Calling the slices one after
-    another from one thread can wait forever (it does on MXNet 1.9.1 once a net holds two
-    such layers).
+    another from one thread can wait forever (it does for this book's LeNet on MXNet
+    1.9.1's CPU build).
     """
     from . import models
     from .norm import BatchNorm
@@ -372,7 +372,8 @@ def forward_backward(net: gluon.Block, loss_fn: gluon.loss.Loss, X: nd.NDArray,
     With ``gluon.contrib.nn.SyncBatchNorm`` each device runs its forward and backward
     pass in its own thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator
     blocks until every device has reached it, and one thread driving the devices in turn
-    can wait forever (it does on this build once two such layers sit in one net).
+    can wait forever (it does for this book's LeNet, four such layers, on MXNet 1.9.1's
+    CPU build; ch07_devices shows it in a child process).
     Pending work is finished first (``nd.waitall()``): a first step from a cold start
     hung without it.
     """
