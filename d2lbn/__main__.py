@@ -17,6 +17,7 @@ import json
 import math
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -93,12 +94,44 @@ _learning_rate = _number(lambda v: None if math.isfinite(v) and v > 0 else "must
 _momentum = _number(lambda v: None if 0 <= v < 1 else "must be in [0, 1) (0 for none)")
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def _json_target(path: str):
+    """``(file to write, None)`` for ``--json path``, or ``(None, why not)``.
+
+    The file is replaced atomically (a temporary file renamed onto it), so an existing path must be a
+    regular file: a rename onto ``/dev/null``, a FIFO or a socket would replace that node (as root,
+    ``/dev/null`` itself). Paths under ``/dev`` and ``/proc`` are refused whatever they are. A
+    symbolic link to a regular file is followed: the file it names is written and the link kept."""
+    target = Path(path).expanduser()
+    real = Path(os.path.realpath(target))
+    for where in (Path(os.path.abspath(target)), real):
+        if where.parts[1:2] in (("dev",), ("proc",)):
+            return None, (f"--json {path} is under /{where.parts[1]} (a device or process file), not "
+                          f"a regular file; name a regular file")
+    if target.is_dir():
+        return None, f"--json {path} is a directory; name a file"
+    if os.path.lexists(target):
+        try:
+            mode = os.stat(real).st_mode
+        except OSError:
+            return None, f"--json {path} is a link to {real}, which does not exist; name a regular file"
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            return None, (f"--json {path} exists and is {kind}, not a regular file; name a regular "
+                          f"file (it is replaced when the run ends)")
+    return real, None
+
+
 def _check_writable(path: str) -> Optional[str]:
     """Why ``path`` cannot be written (a message), or None; checked before any work is done."""
-    target = Path(path).expanduser()
-    if target.is_dir():
-        return f"--json {path} is a directory; name a file"
-    folder = target.parent if str(target.parent) else Path(".")
+    target, why = _json_target(path)
+    if why:
+        return why
+    folder = target.parent
     if not folder.is_dir():
         return f"--json {path}: folder {folder} does not exist"
     try:
@@ -112,9 +145,14 @@ def _check_writable(path: str) -> Optional[str]:
     return None
 
 
-def _write_json(path: str, args: argparse.Namespace, history, status: str) -> None:
-    """Write the run to ``path`` atomically (a temporary file renamed into place)."""
-    target = Path(path).expanduser()
+def _write_json(path: str, args: argparse.Namespace, history, status: str) -> bool:
+    """Write the run to ``path`` atomically (a temporary file renamed into place; through a link to a
+    regular file, that file). If ``path`` has meanwhile become something a rename would destroy (see
+    :func:`_json_target`), write nothing, say so in one line on stderr and return False."""
+    target, why = _json_target(path)
+    if why:
+        print(f"python -m d2lbn train: error: {why}; not written", file=sys.stderr, flush=True)
+        return False
     arguments = {k: v for k, v in vars(args).items()
                  if isinstance(v, (str, int, float, bool, type(None)))}
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -125,6 +163,7 @@ def _write_json(path: str, args: argparse.Namespace, history, status: str) -> No
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return True
 
 
 def _finished_epochs(history):
@@ -241,8 +280,8 @@ def add_train_command(commands) -> argparse.ArgumentParser:
                    help="evaluate on the first N test examples only")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     t.add_argument("--json", metavar="FILE",
-                   help="also write the history as JSON to FILE (checked first, written atomically; "
-                        "after Ctrl-C or divergence it holds the finished epochs)")
+                   help="also write the history as JSON to FILE, a new or regular file (checked first, "
+                        "written atomically; after Ctrl-C or divergence it holds the finished epochs)")
     t.add_argument("--kvstore", choices=["dist_sync"], default=None,
                    help="data-parallel training as one worker of a parameter-server job started by "
                         "python -m d2lbn launch (--batch-size is then the global batch)")

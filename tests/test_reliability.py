@@ -503,3 +503,75 @@ def test_cli_json_is_written_atomically(tmp_path, monkeypatch):
     assert len(renames) == 1 and Path(renames[0][0]).parent == tmp_path and renames[0][1] == Path(args.json)
     assert json.loads((tmp_path / "h.json").read_text())["history"]["loss"] == [1.0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json"]
+
+
+# ---- round three (issue 25): --json, argument checks, stdout closed ------------------------------------------
+
+TINY_RUN = ["train", "--model", "lenet", "--epochs", "1", "--train-limit", "256", "--test-limit", "64",
+            "--batch-size", "64", "--no-progress", "--device", "cpu"]
+
+
+def _kind(path: Path) -> str:
+    import stat
+    mode = os.lstat(path).st_mode
+    return next(name for name, test in (("link", stat.S_ISLNK), ("fifo", stat.S_ISFIFO),
+                                        ("char", stat.S_ISCHR), ("dir", stat.S_ISDIR),
+                                        ("file", stat.S_ISREG)) if test(mode))
+
+
+def _not_regular_paths(tmp_path: Path):
+    """Existing paths that are not regular files, all inside tmp_path (so that a failing run can only
+    replace these): a FIFO, a link to /dev/null, a directory, and (as root) a character device."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "null-link"
+    link.symlink_to("/dev/null")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    paths = [fifo, link, folder]
+    if os.geteuid() == 0:
+        device = tmp_path / "null-device"
+        os.mknod(device, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 3))   # a copy of /dev/null
+        paths.append(device)
+    return paths
+
+
+def test_cli_json_refuses_an_existing_path_that_is_not_a_regular_file(tmp_path):
+    """--json at a FIFO, a device, a link to /dev/null, a directory: refused before any data loads and
+    left as it was. Before the fix the run trained and its atomic rename replaced the node (as root,
+    `--json /dev/null` replaced /dev/null itself with a regular file)."""
+    for path in _not_regular_paths(tmp_path):
+        kind = _kind(path)
+        result = cli(*TINY_RUN, "--json", str(path))
+        assert result.returncode == 2, (path, result.stderr)
+        line = one_line_error(result.stderr)
+        assert line.startswith(f"python -m d2lbn train: error: --json {path}"), line
+        assert "regular file" in line or "is a directory" in line, line
+        assert "training examples" not in result.stdout
+        assert _kind(path) == kind, f"{path} was replaced"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/dev/stdout", "/dev/stderr", "/proc/self/fd/1"])
+def test_cli_json_refuses_device_paths_without_touching_them(path):
+    """The literal device paths are checked in-process only, so that no regression can replace them."""
+    from d2lbn.__main__ import _check_writable
+    message = _check_writable(path)
+    assert message is not None and message.startswith(f"--json {path}") and "regular file" in message
+
+
+def test_cli_json_follows_a_link_to_a_regular_file(tmp_path):
+    """A link to a regular file is allowed; the file it names is written and the link stays a link."""
+    from d2lbn import __main__ as main
+    real = tmp_path / "runs" / "h.json"
+    real.parent.mkdir()
+    real.write_text("{}")
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    assert main._check_writable(str(link)) is None
+    args = main.build_parser().parse_args(["train", "--json", str(link)])
+    history = T.History(device="cpu(0)")
+    history.append(1.0, 0.5, 0.5, 1.0, 100.0)
+    main._write_json(args.json, args, history, "finished")
+    assert link.is_symlink() and json.loads(real.read_text())["history"]["loss"] == [1.0]
+    assert sorted(p.name for p in real.parent.iterdir()) == ["h.json"]
