@@ -28,7 +28,7 @@ import mxnet as mx
 
 from .data import DataFileError, DataNotFoundError
 from .device import num_gpus, try_gpu
-from .models import ACTIVATIONS, get_model, model_names
+from .models import ACTIVATIONS, batch_norm_layers, get_model, model_names
 from .train import lenet_settings
 
 __all__ = ["main", "parse_device", "build_parser"]
@@ -77,19 +77,24 @@ def _number(check):
     return parse
 
 
-def _integer(minimum: int, what: str):
+def _integer(minimum: int, what: str, maximum: Optional[int] = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"must be {what}; got {text}")
         return value
     return parse
 
 
 _positive_int = _integer(1, "a positive integer")
+#: NumPy's legacy generator, which ``set_seed`` seeds, takes 0..2**32 - 1.
+_seed = _integer(0, "an integer in 0..4294967295 (2**32 - 1)", maximum=2 ** 32 - 1)
+#: A last training batch of one example is dropped (``TrainBatchSampler``), so 1 leaves none.
+_train_limit = _integer(2, "at least 2 (a last training batch of one example is dropped, so 1 "
+                           "leaves no batch)")
 _learning_rate = _number(lambda v: None if math.isfinite(v) and v > 0 else "must be a positive finite number")
 _momentum = _number(lambda v: None if 0 <= v < 1 else "must be in [0, 1) (0 for none)")
 
@@ -271,11 +276,11 @@ def add_train_command(commands) -> argparse.ArgumentParser:
                    help="SGD momentum in [0, 1), 0 for none")
     t.add_argument("--lr-schedule", default=DEFAULTS["lr_schedule"], choices=["none", "cosine"])
     t.add_argument("--batch-size", type=_positive_int, default=DEFAULTS["batch_size"])
-    t.add_argument("--seed", type=_integer(0, "an integer >= 0"), default=DEFAULTS["seed"])
+    t.add_argument("--seed", type=_seed, default=DEFAULTS["seed"], help="0..2**32 - 1")
     t.add_argument("--device", default="auto", help="auto (GPU if any, else CPU), cpu, cpu:N, gpu:N")
     t.add_argument("--hybridize", action="store_true", help="compile the net (built-in layers only)")
-    t.add_argument("--train-limit", type=_positive_int, default=None, metavar="N",
-                   help="train on the first N training examples only (quick runs)")
+    t.add_argument("--train-limit", type=_train_limit, default=None, metavar="N",
+                   help="train on the first N (>= 2) training examples only (quick runs)")
     t.add_argument("--test-limit", type=_positive_int, default=None, metavar="N",
                    help="evaluate on the first N test examples only")
     t.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -319,6 +324,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json and _check_writable(args.json):
         return _fail(parser, _check_writable(args.json))
     net = get_model(args.model, activation=args.activation)
+    if args.batch_size < 2 and batch_norm_layers(net):
+        return _fail(parser, f"--batch-size {args.batch_size}: {args.model} has batch norm, whose "
+                             f"training batches need at least 2 examples (the variance of one is 0); "
+                             f"use --batch-size 2 or more, or --model lenet")
     if args.hybridize:
         if not isinstance(net, mx.gluon.HybridBlock):
             return _fail(parser, f"--hybridize needs a model of built-in layers; {args.model} is not one")
@@ -377,6 +386,24 @@ def run_train_dist(args: argparse.Namespace) -> int:
         D.require_launcher(args.kvstore)
     except RuntimeError as err:
         return _fail(parser, err)
+    workers = os.environ["DMLC_NUM_WORKER"]
+    if not workers.isdigit() or int(workers) < 1:
+        return _fail(parser, f"DMLC_NUM_WORKER must be a positive integer (the launcher sets it); "
+                             f"got {workers!r}")
+    workers = int(workers)
+    norm = "kvstore" if args.sync_bn else "local"
+    need = D.min_global_batch(workers, norm)
+    why = ("each worker normalises its own share with its own batch statistics, which need 2 "
+           "examples" if norm == "local" else
+           "every worker needs an example and the batch statistics 2")
+    if args.batch_size < need:
+        return _fail(parser, f"--batch-size {args.batch_size} is the global batch of {workers} "
+                             f"worker{'s' if workers != 1 else ''}: {why}, so it must be at least "
+                             f"{need}")
+    if args.train_limit is not None and args.train_limit < need:
+        return _fail(parser, f"--train-limit {args.train_limit} is too few for {workers} "
+                             f"worker{'s' if workers != 1 else ''}: {why}, so it must be at least "
+                             f"{need}")
     if args.json and _check_writable(args.json):
         return _fail(parser, _check_writable(args.json))
     from .train import History
@@ -398,7 +425,7 @@ def run_train_dist(args: argparse.Namespace) -> int:
     try:
         rank.append(D.dist_kvstore(args.kvstore).rank)
         with on_signal.installed():
-            history = D.train_dist("kvstore" if args.sync_bn else "local", args.epochs, args.lr,
+            history = D.train_dist(norm, args.epochs, args.lr,
                                    args.batch_size, momentum=args.momentum,
                                    lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
                                    seed=args.seed, train_limit=args.train_limit,

@@ -43,8 +43,8 @@ __all__ = ["LAUNCHER_ENV", "in_launcher", "require_launcher", "dist_kvstore",
            "SchedulerUnreachableError", "wait_for_scheduler", "SCHEDULER_WAIT",
            "KeyAllocator", "all_reduce", "KVStoreBatchNormTrain",
            "KVStoreSyncBatchNorm", "dist_lenet", "NORMS", "epoch_permutation",
-           "global_batches", "shard", "dist_trainer", "step", "train_dist", "lockstep",
-           "lockstep_reference", "lockstep_data"]
+           "min_global_batch", "global_batches", "shard", "dist_trainer", "step",
+           "train_dist", "lockstep", "lockstep_reference", "lockstep_data"]
 
 
 #: The environment variables a parameter-server worker needs (set by
@@ -332,23 +332,37 @@ def epoch_permutation(num_examples: int, epoch: int, seed: int) -> np.ndarray:
                                   int(epoch)]).permutation(num_examples)
 
 
+def min_global_batch(num_workers: int, norm: str = "local") -> int:
+    """The smallest global batch that training-mode batch norm accepts on ``num_workers``
+    workers: with ``'local'`` statistics every worker's share needs 2 examples (the
+    variance of one is 0), with ``'kvstore'`` every worker needs one and the whole batch
+    2."""
+    _check_positive("num_workers", num_workers)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}; got {norm!r}")
+    return max(2, num_workers * (2 if norm == "local" else 1))
+
+
 def global_batches(num_examples: int, batch_size: int, epoch: int, seed: int,
-                   num_workers: int = 1) -> List[np.ndarray]:
+                   num_workers: int = 1,
+                   min_size: Optional[int] = None) -> List[np.ndarray]:
     """The epoch's global mini-batches: runs of ``batch_size`` indices of
     :func:`epoch_permutation`. The last may be smaller; if it has fewer than
-    ``num_workers`` examples (each worker needs one) it joins the one before.
-    Every index appears in exactly one batch."""
+    ``min_size`` examples (default ``num_workers``: each worker needs one) it joins
+    the one before. Every index appears in exactly one batch."""
     _check_positive("batch_size", batch_size)
     _check_positive("num_workers", num_workers)
-    if batch_size < num_workers:
+    min_size = num_workers if min_size is None else min_size
+    _check_positive("min_size", min_size)
+    if batch_size < max(num_workers, min_size):
         raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be "
-                         f"at least num_workers ({num_workers})")
-    if num_examples < num_workers:
+                         f"at least num_workers ({num_workers}) and min_size ({min_size})")
+    if num_examples < max(num_workers, min_size):
         raise ValueError(f"num_examples ({num_examples}) must be at least "
-                         f"num_workers ({num_workers})")
+                         f"num_workers ({num_workers}) and min_size ({min_size})")
     order = epoch_permutation(num_examples, epoch, seed)
     batches = [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < num_workers:
+    if len(batches) > 1 and len(batches[-1]) < min_size:
         batches[-2:] = [np.concatenate(batches[-2:])]
     return batches
 
@@ -461,7 +475,8 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *,
     ctx = mx.cpu()
     train_X, train_y, test_X, test_y = fashion_arrays(train_limit, test_limit)
     n = train_X.shape[0]
-    steps_per_epoch = len(global_batches(n, batch_size, 0, seed, num_workers))
+    smallest = min_global_batch(num_workers, norm)
+    steps_per_epoch = len(global_batches(n, batch_size, 0, seed, num_workers, smallest))
     set_seed(seed)                            # the same initial weights on every worker
     net = dist_lenet(norm, kv, activation)
     net.initialize(mx.init.Xavier(), ctx=ctx)
@@ -482,7 +497,7 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *,
     for epoch in range(1, num_epochs + 1):
         start = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        for batch in global_batches(n, batch_size, epoch, seed, num_workers):
+        for batch in global_batches(n, batch_size, epoch, seed, num_workers, smallest):
             idx = nd.array(shard(batch, rank, num_workers), ctx=ctx, dtype="int64")
             X, y = train_X.take(idx), train_y.take(idx)
             with autograd.record():

@@ -362,3 +362,14 @@ def test_wait_for_scheduler_names_bad_variables(monkeypatch):
     monkeypatch.setenv("D2LBN_SCHEDULER_WAIT", "soon")
     with pytest.raises(D.SchedulerUnreachableError, match="D2LBN_SCHEDULER_WAIT must be"):
         D.wait_for_scheduler()
+
+
+@pytest.mark.parametrize("n, batch, workers", [(130, 128, 2), (131, 128, 2), (67, 64, 3), (10, 4, 2)])
+def test_with_per_worker_statistics_every_shard_has_two_examples(n, batch, workers):
+    """A last global batch of 2 on 2 workers gave each a shard of one, which training-mode batch norm
+    refuses (the variance of one example is 0): it joins the batch before instead."""
+    need = D.min_global_batch(workers, "local")
+    assert need == 2 * workers and D.min_global_batch(workers, "kvstore") == max(2, workers)
+    batches = D.global_batches(n, batch, 1, seed=0, num_workers=workers, min_size=need)
+    assert sorted(np.concatenate(batches)) == list(range(n))
+    assert min(len(D.shard(b, r, workers)) for b in batches for r in range(workers)) >= 2

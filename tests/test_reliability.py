@@ -419,7 +419,7 @@ def one_line_error(stderr):
     (["train", "--lr", "-0.1"], r"argument --lr: must be a positive finite number; got -0.1"),
     (["train", "--lr", "nan"], r"argument --lr: must be a positive finite number; got nan"),
     (["train", "--momentum", "1"], r"argument --momentum: must be in \[0, 1\)"),
-    (["train", "--seed", "-1"], r"argument --seed: must be an integer >= 0; got -1"),
+    (["train", "--seed", "-1"], r"argument --seed: must be an integer in 0\.\.4294967295 .*; got -1"),
     (["train", "--seed", "1.5"], r"argument --seed: not an integer: '1.5'"),
     (["train", "--epochs", "0"], r"argument --epochs: must be a positive integer; got 0"),
     (["train", "--batch-size", "x"], r"argument --batch-size: not an integer: 'x'"),
@@ -575,3 +575,43 @@ def test_cli_json_follows_a_link_to_a_regular_file(tmp_path):
     main._write_json(args.json, args, history, "finished")
     assert link.is_symlink() and json.loads(real.read_text())["history"]["loss"] == [1.0]
     assert sorted(p.name for p in real.parent.iterdir()) == ["h.json"]
+
+
+NO_SCHEDULER = {"DMLC_ROLE": "worker", "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": "9",
+                "DMLC_NUM_WORKER": "2", "DMLC_NUM_SERVER": "1"}
+
+
+@pytest.mark.parametrize("args, env, pattern", [
+    (["--train-limit", "1"], {}, r"argument --train-limit: must be at least 2 .*; got 1"),
+    (["--train-limit", "1", "--model", "lenet"], {}, r"argument --train-limit: must be at least 2"),
+    (["--batch-size", "1"], {}, r"--batch-size 1: lenet-bn has batch norm, .*at least 2 examples"),
+    (["--batch-size", "1", "--model", "lenet-bn-gluon"], {}, r"--batch-size 1: lenet-bn-gluon has batch norm"),
+    (["--seed", str(2 ** 32)], {}, r"argument --seed: must be an integer in 0\.\.4294967295 .*; got 4294967296"),
+    (["--seed", str(-2 ** 40)], {}, r"argument --seed: must be an integer in 0\.\.4294967295"),
+    # one worker of two: each worker's shard of the global batch needs two examples for its own
+    # batch statistics, one with --sync-bn (and the global batch two)
+    (["--kvstore", "dist_sync", "--batch-size", "3"], NO_SCHEDULER,
+     r"--batch-size 3 is the global batch of 2 workers.* at least 4"),
+    (["--kvstore", "dist_sync", "--train-limit", "3"], NO_SCHEDULER,
+     r"--train-limit 3 .* 2 workers.* at least 4"),
+    (["--kvstore", "dist_sync", "--sync-bn", "--batch-size", "1"], NO_SCHEDULER,
+     r"--batch-size 1 is the global batch of 2 workers.* at least 2"),
+])
+def test_cli_sizes_and_seed_are_checked_before_any_data_loads(args, env, pattern):
+    """Before the fix each of these loaded the data and then failed with a traceback (or, under the
+    launcher's variables, waited for a scheduler): one line and exit 2 now, before any data loads."""
+    result = subprocess.run([sys.executable, "-m", "d2lbn", "train", "--epochs", "1", "--no-progress",
+                             *args], capture_output=True, text=True, timeout=60, env={**ENV, **env},
+                            cwd=ROOT)
+    assert result.returncode == 2, result.stdout[-500:] + result.stderr[-2000:]
+    line = one_line_error(result.stderr)
+    assert re.search(r"^python -m d2lbn train: error: " + pattern, line), line
+    assert "training examples" not in result.stdout
+
+
+def test_cli_batch_of_one_is_fine_without_batch_norm():
+    """The check is no broader than the problem: LeNet without batch norm trains on batches of one."""
+    result = cli("train", "--model", "lenet", "--epochs", "1", "--train-limit", "3", "--test-limit", "2",
+                 "--batch-size", "1", "--no-progress", "--device", "cpu", "--seed", str(2 ** 32 - 1))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3 training / 2 test examples" in result.stdout
