@@ -354,12 +354,12 @@ def global_batches(num_examples: int, batch_size: int, epoch: int, seed: int,
     _check_positive("num_workers", num_workers)
     min_size = num_workers if min_size is None else min_size
     _check_positive("min_size", min_size)
+    floor = f"num_workers ({num_workers}) and min_size ({min_size})"
     if batch_size < max(num_workers, min_size):
         raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be "
-                         f"at least num_workers ({num_workers}) and min_size ({min_size})")
+                         f"at least {floor}")
     if num_examples < max(num_workers, min_size):
-        raise ValueError(f"num_examples ({num_examples}) must be at least "
-                         f"num_workers ({num_workers}) and min_size ({min_size})")
+        raise ValueError(f"num_examples ({num_examples}) must be at least {floor}")
     order = epoch_permutation(num_examples, epoch, seed)
     batches = [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < min_size:
