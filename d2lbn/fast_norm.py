@@ -472,7 +472,9 @@ class BatchNormTrain(Function):
 
     def forward(self, X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray) -> nd.NDArray:
         m = X.size // X.shape[1]
-        neg_mean = channel_sum(X, -1.0 / m)
+        # -sum / m, not the sum of -x/m: m equal values then have exactly their value as
+        # mean whenever their sum is exact (0 and 1 always are), and x - mean is 0
+        neg_mean = channel_sum(X, -1.0) / m
         Xc = channel_affine(X, None, neg_mean, out=_POOL.take(X))      # X - mean
         weakref.finalize(self, _POOL.give, Xc)       # back once no backward can need it
         if _blas_rows(X):                # one pass: row-by-row dot products
@@ -502,7 +504,9 @@ class BatchNormTrain(Function):
         if self.grad_req(0) == "null":                       # X needs no gradient
             _BACKWARD_POOL.give(products)
             return None, dgamma, dbeta
-        shift = k * dbeta * (-1.0 / m)                       # -k * mean(dy)
+        # -k * mean(dy), the mean taken first: where dy is 1 throughout (loss = sum(Y))
+        # it is exactly 1 and k * dy + shift exactly 0, as in MXNet's kernel
+        shift = k * (dbeta / -m)
         a = k * inv_std * dgamma * (-1.0 / m)                # -k * mean(dy x_hat) / std
         # straight into X.grad if we may
         dX = channel_affine(dY, k, shift, out=self.grad_buffer(0))

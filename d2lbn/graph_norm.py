@@ -12,9 +12,13 @@ graph in C++, with no Python in the backward pass at all.
 
 Three rules make the graph fast:
 
-* **Sums are matrix products.** The per-channel mean is ``(1/m, ..., 1/m) @ X``; a 4-D
-  X: (N, C, H, W) is first summed over W, then over H, by products with vectors of
-  ones. The backward pass of ``dot`` is another ``dot`` (a BLAS call).
+* **Sums are matrix products.** The per-channel sum is ``(1, ..., 1) @ X`` (the mean
+  divides it by m); a 4-D X: (N, C, H, W) is first summed over W, then over H, by
+  products with vectors of ones. The backward pass of ``dot`` is another ``dot`` (a
+  BLAS call).
+
+The backward pass autograd derives from the graph is arranged to cancel exactly where
+the exact gradient is 0: :func:`batch_norm_graph` says how.
 * **No broadcasting operator.** Its backward pass is a reduction that MXNet 1.9.1 runs
   slowly. A per-feature vector v meets an (N, D) batch as the outer product
   ``ones(N, 1) @ v``; a per-channel scale and shift meet an (N, C, H, W) batch as one
@@ -89,15 +93,17 @@ def _affine(X: sym.Symbol, scale: Optional[sym.Symbol], shift: sym.Symbol,
                            num_group=C)
 
 
-def _channel_mean(A: sym.Symbol, mean_weights: sym.Symbol, shape: Tuple[int, ...],
-                  dtype: str) -> sym.Symbol:
-    """Per-channel mean of A: ``shape`` as a (1, C) row: sum over W, then over H, with
-    products by ones, then (1/m, ..., 1/m) @ (N, C)."""
+def _channel_sum(A: sym.Symbol, ones_row: sym.Symbol, shape: Tuple[int, ...],
+                 dtype: str) -> sym.Symbol:
+    """Per-channel sum of A: ``shape`` as a (1, C) row: sum over W, then over H, with
+    products by ones, then (1, ..., 1) @ (N, C). Sums, not means: a mean is the sum
+    divided by m afterwards (on C values), so that m equal values have exactly their
+    value as mean when their sum is exact (0 and 1 always are)."""
     if len(shape) == 4:
         N, C, H, W = shape
         A = sym.dot(sym.dot(A, sym.ones((W,), dtype=dtype)),
                     sym.ones((H,), dtype=dtype))                          # (N, C)
-    return sym.dot(mean_weights, A)                                      # (1, C)
+    return sym.dot(ones_row, A)                                          # (1, C)
 
 
 def batch_norm_graph(shape: Tuple[int, ...], eps: float, momentum: float,
@@ -105,23 +111,41 @@ def batch_norm_graph(shape: Tuple[int, ...], eps: float, momentum: float,
     """The training-mode batch norm of ``d2lbn.norm.batch_norm`` as a graph.
 
     Inputs (by name): ``X`` of ``shape``, (N, D) or (N, C, H, W); ``gamma``, ``beta``,
-    ``moving_mean``, ``moving_var``: (C,); the constants ``mean_weights``: (1, N) filled
-    with 1/m (m = N or N*H*W values per channel) and ``ones_n``: (N, 1).
+    ``moving_mean``, ``moving_var``: (C,); the constants ``ones_row``: (1, N) and
+    ``ones_n``: (N, 1), filled with ones (m = N or N*H*W values per channel).
     Outputs: Y (shape of X), the new moving mean and moving variance (C,), the
     variance biased as in the formula. ``for_layer``: the graph ``d2lbn.norm.BatchNorm``
     runs, where a channel whose new statistics are not finite keeps its old ones and
     the two come out stacked, (2, C), for one operator to write them back.
     ``dtype``: X's dtype (the constants made inside the graph take it).
+
+    The graph is written so that autograd's backward pass cancels at the scale of dY.
+    With k = gamma / std the data gradient is ``k * (dY - mean(dY)) + (var term)``;
+    differentiating ``k * (X - mean(X))`` as written would instead subtract
+    ``mean(k * dY)`` from ``k * dY``, terms of about 316 each for a channel of
+    variance 0 (k = 1 / sqrt(eps)), and their rounding is what is left: a constant
+    (dead or padded) channel would leak a gradient where the exact one is 0. So Y
+    takes X's centring as a constant, ``k * (X - stop(mean)) + beta``, and the mean's
+    gradient comes through a term whose value is exactly 0,
+    ``R - stop(R)`` with ``R = stop(k) * sum(X) / m``: its backward pass divides the
+    column sums of dY by m *before* multiplying by k, giving ``-k * mean(dY)``, exactly
+    ``-k`` when dY is 1 throughout. Mathematically the graph is the formula of
+    ``d2lbn.norm.batch_norm``; the variance's gradient takes the same shortcut (the
+    mean's term there is ``-2 * mean(X - mean)`` times it, 0).
     """
     X, gamma, beta = sym.var("X"), sym.var("gamma"), sym.var("beta")
     moving_mean, moving_var = sym.var("moving_mean"), sym.var("moving_var")
-    mean_weights, ones_n = sym.var("mean_weights"), sym.var("ones_n")
+    ones_row, ones_n = sym.var("ones_row"), sym.var("ones_n")
+    m = float(shape[0] * (shape[2] * shape[3] if len(shape) == 4 else 1))
 
-    mean = _channel_mean(X, mean_weights, shape, dtype)                  # (1, C)
-    X_centred = _affine(X, None, -mean, ones_n, shape, dtype)            # X - mean
-    var = _channel_mean(sym.square(X_centred), mean_weights, shape, dtype)
+    total = _channel_sum(X, ones_row, shape, dtype)                      # (1, C)
+    mean = total / m
+    X_centred = _affine(X, None, -sym.BlockGrad(mean), ones_n, shape, dtype)
+    var = _channel_sum(sym.square(X_centred), ones_row, shape, dtype) / m
     scale = gamma.reshape((1, -1)) * sym.rsqrt(var + eps)                # gamma / std
-    Y = _affine(X_centred, scale, beta.reshape((1, -1)), ones_n, shape, dtype)
+    R = (sym.BlockGrad(scale) * total) / m                               # k * mean
+    shift = beta.reshape((1, -1)) - (R - sym.BlockGrad(R))               # beta; 0 added
+    Y = _affine(X_centred, scale, shift, ones_n, shape, dtype)
 
     new_mean = momentum * moving_mean + (1.0 - momentum) * mean.reshape((-1,))
     new_var = momentum * moving_var + (1.0 - momentum) * var.reshape((-1,))
@@ -145,11 +169,8 @@ class _Compiled:
                                             ("static_shape", True)])
         self.names: List[str] = graph.list_arguments()
         N = shape[0]
-        m = 1
-        for size in shape[:1] + shape[2:]:
-            m *= size
         self.constants: Dict[str, nd.NDArray] = {
-            "mean_weights": nd.full((1, N), 1.0 / m, ctx=ctx, dtype=dtype),
+            "ones_row": nd.ones((1, N), ctx=ctx, dtype=dtype),
             "ones_n": nd.ones((N, 1), ctx=ctx, dtype=dtype)}
 
 

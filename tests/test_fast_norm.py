@@ -418,6 +418,37 @@ def test_float64_works_and_cpu_float16_is_refused():
                         training=True)
 
 
+@pytest.mark.parametrize("value", [0.0, 1.0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(32, 5), (7, 3), (6, 3, 5, 4), (100, 3, 3, 3), (4, 8, 5, 5)])
+def test_a_constant_channel_gets_exactly_zero_data_gradient(path, shape, dtype, value):
+    """A dead (all 0) or padded (all 1) channel under loss = sum(Y): every training path of the
+    fast layer gives it exactly the data gradient MXNet's BatchNorm gives, 0, and the output beta
+    (issue 25: the graph leaked up to 0.2 per element, the closed form up to 3e-5 where m is no
+    power of 2). test_graph_norm.py checks the graph on larger inputs and random head gradients."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape) * 3 + 2
+    x[:, 0] = value
+    C = shape[1]
+    X, gamma, beta = (nd.array(v, dtype=dtype) for v in (x, rng.uniform(0.5, 2, C), rng.normal(size=C)))
+    grads = []
+    for fn in (fast_batch_norm, "mxnet"):
+        Xi = X.copy()
+        Xi.attach_grad()
+        with autograd.record():
+            if fn == "mxnet":
+                Y = nd.BatchNorm(Xi, gamma, beta, nd.zeros(C, dtype=dtype), nd.ones(C, dtype=dtype),
+                                 eps=1e-5, fix_gamma=False)
+            else:
+                Y = fn(Xi, gamma, beta, nd.zeros(C, dtype=dtype), nd.ones(C, dtype=dtype),
+                       training=True)[0]
+        Y.backward(nd.ones_like(Y))
+        grads.append(Xi.grad.asnumpy()[:, 0])
+        assert np.all(Y.asnumpy()[:, 0] == beta.asnumpy()[0]), fn
+    assert np.count_nonzero(grads[1]) == 0                   # MXNet: exactly 0
+    assert np.count_nonzero(grads[0]) == 0, np.abs(grads[0]).max()
+
+
 def test_registered_as_the_default():
     assert norm.IMPLEMENTATIONS["fast"] is fast_batch_norm
     assert norm.IMPLEMENTATIONS["naive"] is batch_norm
