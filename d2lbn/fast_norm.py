@@ -527,8 +527,15 @@ def moving_average(moving: nd.NDArray, batch: nd.NDArray, momentum: float,
     computes it with lr = 1, wd = 1 - momentum and rescale_grad = -(1 - momentum): one
     operator instead of three, which matters when the arrays are small and each
     operator's fixed cost dominates.
+
+    That kernel's lr, wd and rescale_grad are float32, so in float64 (where they would
+    put the result 1e-8 off) the update is the formula itself, in float64 arithmetic:
+    ``momentum * moving + ((1 - momentum) * +-1) * batch``.
     """
     rate = 1.0 - momentum
+    if moving.dtype == np.float64:
+        return nd.elemwise_add(moving.detach() * momentum,
+                               batch * (-rate if negated else rate))
     return nd.sgd_update(moving.detach(), batch, lr=1.0, wd=rate,
                          rescale_grad=rate if negated else -rate)
 

@@ -449,6 +449,38 @@ def test_a_constant_channel_gets_exactly_zero_data_gradient(path, shape, dtype, 
     assert np.count_nonzero(grads[0]) == 0, np.abs(grads[0]).max()
 
 
+@pytest.mark.parametrize("momentum", [0.9, 0.99, 0.1, 0.0])
+@pytest.mark.parametrize("shape", [(32, 5), (6, 3, 5, 4)])
+def test_float64_moving_statistics_are_exact_to_float64_rounding(path, shape, momentum):
+    """In float64 the moving averages must be float64 arithmetic: momentum * moving + (1 - momentum)
+    * batch against the same update in float64 NumPy, to 1e-15 relative (issue 25: the Function
+    path went through nd.sgd_update, whose lr, wd and rescale_grad are float32, 1.5e-8 off). The
+    batch statistics themselves are compared with NumPy's to 1e-14 (a different summation order);
+    the layer (update=True) is checked the same way."""
+    rng = np.random.default_rng(21)
+    C = shape[1]
+    x = rng.normal(size=shape) * 2 + 3
+    mm, mv = rng.normal(size=C) + 5, rng.uniform(1, 2, size=C)
+    _, mean, var = numpy_batch_norm(x, np.ones(C), np.zeros(C))
+    f64 = lambda v: nd.array(v, dtype="float64")
+    _, new_mean, new_var = fast_batch_norm(f64(x), f64(np.ones(C)), f64(np.zeros(C)), f64(mm), f64(mv),
+                                           training=True, momentum=momentum)
+    layer = BatchNorm(C, len(shape), momentum=momentum)
+    layer.cast("float64")
+    layer.initialize()
+    layer.moving_mean.set_data(f64(mm))
+    layer.moving_var.set_data(f64(mv))
+    with autograd.record():
+        layer(f64(x))
+    for got in ((new_mean, new_var), (layer.moving_mean.data(), layer.moving_var.data())):
+        assert got[0].dtype == np.float64
+        # the batch statistics MXNet used, recovered exactly where momentum < 1
+        expected_mean = momentum * mm + (1 - momentum) * mean
+        expected_var = momentum * mv + (1 - momentum) * var
+        np.testing.assert_allclose(got[0].asnumpy(), expected_mean, rtol=1e-15, atol=0)
+        np.testing.assert_allclose(got[1].asnumpy(), expected_var, rtol=1e-14, atol=0)
+
+
 def test_registered_as_the_default():
     assert norm.IMPLEMENTATIONS["fast"] is fast_batch_norm
     assert norm.IMPLEMENTATIONS["naive"] is batch_norm
