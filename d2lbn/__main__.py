@@ -28,6 +28,7 @@ import mxnet as mx
 
 from .data import DataFileError, DataNotFoundError
 from .device import num_gpus, try_gpu
+from .launch import OUTPUT_CLOSED, silence_stdout
 from .models import ACTIVATIONS, batch_norm_layers, get_model, model_names
 from .train import lenet_settings
 
@@ -299,8 +300,8 @@ def add_train_command(commands) -> argparse.ArgumentParser:
 
 def _train(T, net, ctx, args: argparse.Namespace, log):
     train_iter, test_iter = T.fashion_mnist_iters(args.batch_size, args.train_limit, args.test_limit)
-    print(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
-          f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples", flush=True)
+    log(f"model {args.model} ({args.activation}), batch size {args.batch_size}, "
+        f"{len(train_iter._dataset)} training / {len(test_iter._dataset)} test examples")
     return T.train(net, train_iter, test_iter, args.epochs, args.lr, ctx, seed=args.seed,
                    momentum=args.momentum,
                    lr_schedule=None if args.lr_schedule == "none" else args.lr_schedule,
@@ -309,7 +310,8 @@ def _train(T, net, ctx, args: argparse.Namespace, log):
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``python -m d2lbn train``: 0 when done, 1 when training diverged, 2 for a bad argument,
-    130 after Ctrl-C (the finished epochs are printed and saved to ``--json``)."""
+    130 after Ctrl-C (the finished epochs are printed and saved to ``--json``), 141 without a word
+    when stdout's reader has gone (``| head -1``; the finished epochs are saved to ``--json``)."""
     parser = args.command_parser
     if args.kvstore or args.sync_bn:
         return run_train_dist(args)
@@ -334,9 +336,15 @@ def run_train(args: argparse.Namespace) -> int:
         net.hybridize()
     history = T.History(device=str(ctx))
     ctrl_c = _CtrlC()
+    output_closed = []
 
     def log(line: str) -> None:
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except BrokenPipeError:        # stdout's reader is gone (| head -1): stop as if interrupted
+            silence_stdout()
+            output_closed.append(True)
+            raise KeyboardInterrupt from None
         ctrl_c.check()
 
     try:
@@ -344,14 +352,16 @@ def run_train(args: argparse.Namespace) -> int:
             history = _train(T, net, ctx, args, log)
     except KeyboardInterrupt as err:
         history = getattr(err, "history", history)
+        if args.json:
+            _write_json(args.json, args, history, "interrupted")
+        if output_closed:              # quietly, as a program killed by SIGPIPE
+            return OUTPUT_CLOSED
         done = history.epochs
         saved = f"; saved to {args.json}" if args.json else ""
         print(f"\ninterrupted: {done} finished epoch{'s' if done != 1 else ''} kept{saved}",
               file=sys.stderr, flush=True)
         if done:
             print(history.table(), flush=True)
-        if args.json:
-            _write_json(args.json, args, history, "interrupted")
         return 130
     except T.NonFiniteError as err:
         if args.json:
@@ -361,9 +371,9 @@ def run_train(args: argparse.Namespace) -> int:
         return _fail(parser, str(err).splitlines()[0] + " (see the README: 'The data')", code=1)
     except DataFileError as err:
         return _fail(parser, err, code=1)
-    print(history.table())
     if args.json:
         _write_json(args.json, args, history, "finished")
+    print(history.table(), flush=True)
     return 0
 
 
@@ -478,7 +488,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except BrokenPipeError:            # stdout's reader went away: exit quietly, as with SIGPIPE
+        silence_stdout()
+        return OUTPUT_CLOSED
 
 
 if __name__ == "__main__":

@@ -473,6 +473,9 @@ def launch_main(command: Sequence[str], num_workers: int, num_servers: int = 1,
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except BrokenPipeError:                 # --hostfile's lines piped to head -1
+        silence_stdout()
+        return OUTPUT_CLOSED
 
 
 def add_arguments(parser) -> None:

@@ -615,3 +615,43 @@ def test_cli_batch_of_one_is_fine_without_batch_norm():
                  "--batch-size", "1", "--no-progress", "--device", "cpu", "--seed", str(2 ** 32 - 1))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "3 training / 2 test examples" in result.stdout
+
+
+def _piped_to_head(args, lines: int, tmp_path: Path):
+    """`python -m d2lbn ARGS 2>err | head -LINES`: (what head printed, the command's exit status, its
+    stderr)."""
+    import shlex
+    err, status = tmp_path / "stderr", tmp_path / "status"
+    command = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "d2lbn", *args])
+    script = (f"{command} 2>{shlex.quote(str(err))} | head -{lines}; "
+              f"echo ${{PIPESTATUS[0]}} >{shlex.quote(str(status))}")
+    run = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120, env=ENV,
+                         cwd=ROOT)
+    return run.stdout, int(status.read_text()), err.read_text()
+
+
+@pytest.mark.parametrize("lines", [1, 4])
+def test_cli_stdout_closed_early_is_a_quiet_exit(tmp_path, lines):
+    """`python -m d2lbn train ... | head -1`: before the fix a BrokenPipeError traceback. Now the run
+    stops quietly with 141 (as a program killed by SIGPIPE) at its first line after head left, the
+    finished epochs in --json (head -4 shows epoch 1's line, so at least that epoch is kept)."""
+    out = tmp_path / "h.json"
+    shown, status, stderr = _piped_to_head([*TINY_RUN[:4], "5", *TINY_RUN[5:], "--json", str(out)],
+                                           lines, tmp_path)
+    assert shown.startswith("model lenet") and len(shown.splitlines()) == lines, shown
+    assert stderr == "", stderr
+    assert status == 128 + signal.SIGPIPE
+    saved = json.loads(out.read_text())
+    shown_epochs = sum(line.startswith("epoch ") for line in shown.splitlines())
+    assert saved["status"] == "interrupted", saved
+    assert shown_epochs <= len(saved["history"]["loss"]) < 5
+
+
+def test_launch_hostfile_piped_to_head_is_a_quiet_exit(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node-a\n")
+    # 1000 workers: more lines than a pipe holds, so the printing meets head's exit for certain
+    shown, status, stderr = _piped_to_head(["launch", "-n", "1000", "--hostfile", str(hosts), "--",
+                                            "python", "train.py"], 1, tmp_path)
+    assert shown.startswith("# start these") and stderr == "", stderr
+    assert status == 128 + signal.SIGPIPE
