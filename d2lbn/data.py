@@ -21,6 +21,7 @@ import http.client
 import os
 import signal
 import struct
+import sys
 import tempfile
 import threading
 import urllib.error
@@ -159,9 +160,62 @@ def _fetch_verified(url: str, fd: int, tmp: Path, target: Path, expected_sha256:
             tmp.unlink()
 
 
+#: The lock file a download holds in its folder (``fcntl.flock``) while it writes there.
+LOCK_NAME = ".fashion-mnist.lock"
+
+
+@contextlib.contextmanager
+def download_lock(folder: os.PathLike):
+    """Hold the exclusive download lock of ``folder`` (an ``flock`` on :data:`LOCK_NAME` inside it);
+    another process that downloads into the same folder waits until it is released (saying so once
+    on stderr). The kernel releases it when the holder dies, however it dies; the holder removes
+    the file when done, and a waiter checks that the file it locked is still the one in the folder.
+    Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = Path(folder) / LOCK_NAME
+    announced = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not announced:
+                    print(f"waiting for another process downloading Fashion-MNIST into {folder}",
+                          file=sys.stderr, flush=True)
+                    announced = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                mine = os.fstat(fd)
+                current = os.stat(path)
+                locked = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
+            except FileNotFoundError:           # the holder we waited for removed it
+                locked = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if locked:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)                     # while still holding the lock
+        except OSError:
+            pass
+        os.close(fd)
+
+
 def remove_stale_parts(folder: os.PathLike) -> List[Path]:
     """Delete the temporary ``<file>.*.part`` downloads a killed run (SIGTERM, SIGKILL, power loss)
-    left in ``folder``; return what was removed. A finished download is renamed, never a ``.part``."""
+    left in ``folder``; return what was removed. A finished download is renamed, never a ``.part``.
+    Call it only while holding :func:`download_lock` (as :func:`download_fashion_mnist` does): every
+    download writes its parts under that lock, so the parts found then have no living writer."""
     removed = []
     folder = Path(folder)
     if folder.is_dir():
@@ -180,16 +234,20 @@ def download_fashion_mnist(target_dir: os.PathLike, base_url: Optional[str] = No
     """Download the four files into ``target_dir`` (atomically, checksum-verified); return it.
 
     ``base_url`` defaults to ``$D2LBN_DATA_URL`` or :data:`DEFAULT_URL`. Files already present are
-    kept; partial downloads a killed earlier run left behind are removed first.
+    kept; partial downloads a killed earlier run left behind are removed first. Several processes
+    may call it on one folder at once: each holds :func:`download_lock` while it works there, so the
+    first downloads and the others then find the files present.
     """
     base_url = base_url or os.environ.get("D2LBN_DATA_URL") or DEFAULT_URL
     if not base_url.endswith("/"):
         base_url += "/"
     target = Path(target_dir).expanduser()
-    remove_stale_parts(target)
-    for name, sha in FILES.items():
-        if not (target / name).is_file():
-            _download_one(base_url + name, target / name, sha, timeout)
+    target.mkdir(parents=True, exist_ok=True)
+    with _sigterm_raises(), download_lock(target):
+        remove_stale_parts(target)
+        for name, sha in FILES.items():
+            if not (target / name).is_file():
+                _download_one(base_url + name, target / name, sha, timeout)
     return target
 
 

@@ -246,3 +246,113 @@ def test_found_from_any_working_directory(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == str(data.find_data_dir())
+
+
+# ---- concurrent first use (issue 25) ---------------------------------------------------------------
+
+CONCURRENT_DOWNLOAD = """
+import json, os, sys, time
+from d2lbn import data
+data.FILES = json.loads(sys.argv[3])
+go = sys.argv[4]
+while not os.path.exists(go):                 # start together: imports take different times
+    time.sleep(0.01)
+data.download_fashion_mnist(sys.argv[1], base_url=sys.argv[2], timeout=30)
+print("done", flush=True)
+"""
+
+
+def test_three_processes_downloading_into_one_folder_all_succeed(tmp_path):
+    """Before the fix each download began by deleting every `*.part` in the folder, including the
+    ones the other processes were still writing, and two of three failed."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    served = tmp_path / "served"
+    digests = make_fake_set(served, n_train=40, n_test=20)
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = (served / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for i in range(0, len(body), 2048):     # about half a second per file
+                self.wfile.write(body[i:i + 2048])
+                self.wfile.flush()
+                time.sleep(0.03)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target, go = tmp_path / "target", tmp_path / "go"
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root)
+    procs = []
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_DOWNLOAD, str(target),
+                                   f"http://127.0.0.1:{server.server_address[1]}/", json.dumps(digests),
+                                   str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env) for _ in range(3)]
+        time.sleep(0.5)
+        go.touch()
+        results = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        server.shutdown()
+    failed = [err[-600:] for p, (out, err) in zip(procs, results) if p.returncode != 0]
+    assert failed == [], failed
+    assert sorted(p.name for p in target.iterdir()) == sorted(digests)    # no .part, no lock left
+    for name, sha in digests.items():
+        assert data._sha256_of_gzip(target / name) == sha
+
+
+def test_a_part_being_written_survives_another_process_and_a_dead_lock_does_not_block(tmp_path):
+    """While this process holds the download lock (a writer at work), another download into the
+    folder waits and leaves the writer's `.part` alone; a lock file whose holder is gone (SIGKILL)
+    blocks nothing."""
+    import os
+    import subprocess
+    import sys
+    import time
+    folder = tmp_path / "d"
+    make_fake_set(folder)
+    part = folder / "train-images-idx3-ubyte.gz.abc123.part"
+    code = ("import sys\nfrom d2lbn import data\n"
+            "data.download_fashion_mnist(sys.argv[1], base_url='http://127.0.0.1:9/')\nprint('done')")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    with data.download_lock(folder):
+        part.write_bytes(b"being written")
+        other = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(other.stderr), daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not lines and other.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert lines and "waiting for another process downloading Fashion-MNIST" in lines[0], lines
+            time.sleep(0.5)
+            assert other.poll() is None and part.exists()        # it waits; the part is untouched
+        except BaseException:
+            other.kill()
+            other.wait()
+            raise
+    out = other.stdout.read()
+    other.wait(timeout=60)
+    reader.join(timeout=5)
+    assert other.returncode == 0 and out.strip() == "done", lines
+    assert not part.exists()                                  # its writer is gone now: stale
+    # a lock file left by a killed holder is only a file: the next download proceeds and removes it
+    (folder / data.LOCK_NAME).write_text("")
+    part.write_bytes(b"left by a killed run")
+    data.download_fashion_mnist(folder, base_url="http://127.0.0.1:9/")     # all present: no request
+    assert sorted(p.name for p in folder.iterdir()) == sorted(data.FILES)
