@@ -26,7 +26,10 @@ book: $(STAMP)
 
 # Every test: d2lbn's unit tests, nbval over every notebook, the strict book build, then the built
 # site's tests. D2LBN_QUICK=1 makes the training chapters run short (see README); the book keeps full runs.
+# First the data: tools/ensure_data.sh finds Fashion-MNIST, or installs Debian's dataset-fashion-mnist
+# (root or passwordless sudo), or downloads it with d2lbn, or stops with a message saying how.
 test: $(STAMP)
+	tools/ensure_data.sh $(BIN)/python
 	$(BIN)/python -m pytest tests -q --ignore=tests/site
 	D2LBN_QUICK=1 $(BIN)/python -m pytest --nbval-lax book -q
 	$(MAKE) book
@@ -56,6 +59,7 @@ $(VENV126)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 test-numpy126: $(VENV126)/.installed
+	tools/ensure_data.sh $(VENV126)/bin/python
 	$(VENV126)/bin/python -c 'import numpy; assert numpy.__version__.startswith("1.26"), numpy.__version__'
 	$(VENV126)/bin/python -m pytest tests -q --ignore=tests/site --ignore=tests/test_python_choice.py -p no:cacheprovider
 

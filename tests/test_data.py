@@ -356,3 +356,144 @@ def test_a_part_being_written_survives_another_process_and_a_dead_lock_does_not_
     part.write_bytes(b"left by a killed run")
     data.download_fashion_mnist(folder, base_url="http://127.0.0.1:9/")     # all present: no request
     assert sorted(p.name for p in folder.iterdir()) == sorted(data.FILES)
+
+
+# ---- tools/ensure_data.sh: make test gets the data itself (issue 25) --------------------------------
+# The script runs under a PATH of fakes: `id` (root or not), `sudo` (passwordless or not), `apt-get`
+# (whose `install dataset-fashion-mnist` writes four files into the Debian folder the script is
+# pointed at, or fails until `apt-get update`, or always fails), each logging its arguments. The real
+# data set stays installed on this machine; HOME and the Debian folder are temporary folders.
+
+ENSURE = Path(__file__).resolve().parents[1] / "tools" / "ensure_data.sh"
+FAKE_ID = '#!/bin/sh\n[ "$1" = -u ] && { echo "$FAKE_UID"; exit 0; }\nexit 1\n'
+FAKE_SUDO = ('#!/bin/sh\necho "sudo $*" >>"$FAKE_LOG"\n[ "$FAKE_SUDO" = yes ] || exit 1\n'
+             '[ "$1" = -n ] && shift\nexec "$@"\n')
+FAKE_APT = """#!/bin/sh
+echo "apt-get $*" >>"$FAKE_LOG"
+case "$*" in
+  update*) [ "$FAKE_APT" = needs-update ] && touch "$FAKE_STATE/updated"; exit 0 ;;
+  *install*dataset-fashion-mnist*)
+    if [ "$FAKE_APT" = works ] || { [ "$FAKE_APT" = needs-update ] && [ -e "$FAKE_STATE/updated" ]; }; then
+      mkdir -p "$ENSURE_DATA_DEBIAN_DIR"
+      for f in train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz \\
+               t10k-labels-idx1-ubyte.gz; do echo fake >"$ENSURE_DATA_DEBIAN_DIR/$f"; done
+      exit 0
+    fi
+    echo "E: Unable to locate package dataset-fashion-mnist" >&2; exit 100 ;;
+esac
+exit 1
+"""
+
+
+def run_ensure(tmp_path, *args, uid="0", sudo="no", apt="works", env=None):
+    """Run tools/ensure_data.sh under the fakes; returns (CompletedProcess, the fakes' log lines)."""
+    import os
+    import shutil
+    import subprocess
+    bin_ = tmp_path / "bin"
+    if not bin_.exists():
+        bin_.mkdir()
+        for name, text in (("id", FAKE_ID), ("sudo", FAKE_SUDO), ("apt-get", FAKE_APT)):
+            (bin_ / name).write_text(text)
+            (bin_ / name).chmod(0o755)
+        for tool in ("sh", "mkdir", "touch", "mktemp", "tail", "rm", "cat", "true"):
+            (bin_ / tool).symlink_to(shutil.which(tool))
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    log = tmp_path / "log"
+    log.touch()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("D2LBN_", "PYTHON"))}
+    environ.update(PATH=str(bin_), HOME=str(tmp_path / "home"), FAKE_UID=uid, FAKE_SUDO=sudo,
+                   FAKE_APT=apt, FAKE_LOG=str(log), FAKE_STATE=str(tmp_path / "state"),
+                   ENSURE_DATA_DEBIAN_DIR=str(tmp_path / "debian"), **(env or {}))
+    run = subprocess.run([shutil.which("bash"), str(ENSURE), *args], capture_output=True, text=True,
+                         timeout=300, env=environ)
+    return run, log.read_text().splitlines()
+
+
+def debian_files(tmp_path):
+    folder = tmp_path / "debian"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_ensure_data_does_nothing_when_a_folder_holds_the_data(tmp_path):
+    make_fake_set(tmp_path / "mine")
+    run, log = run_ensure(tmp_path, env={"D2LBN_DATA": str(tmp_path / "mine")})
+    assert run.returncode == 0 and f"found in {tmp_path / 'mine'}" in run.stdout, run.stderr
+    assert log == [] and debian_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("uid, sudo, apt, calls", [
+    ("0", "no", "works", ["apt-get install -y -q dataset-fashion-mnist"]),
+    ("0", "no", "needs-update", ["apt-get install -y -q dataset-fashion-mnist", "apt-get update -q",
+                                 "apt-get install -y -q dataset-fashion-mnist"]),
+    ("1000", "yes", "works", ["sudo -n true", "sudo -n apt-get install -y -q dataset-fashion-mnist",
+                              "apt-get install -y -q dataset-fashion-mnist"]),
+])
+def test_ensure_data_installs_debians_package_as_root_or_with_sudo(tmp_path, uid, sudo, apt, calls):
+    run, log = run_ensure(tmp_path, uid=uid, sudo=sudo, apt=apt)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert log == calls
+    assert debian_files(tmp_path) == sorted(data.FILES)
+    assert f"installed in {tmp_path / 'debian'}" in run.stdout
+    assert "Unable to locate" not in run.stderr           # the first try's error is not shown
+
+
+@pytest.mark.parametrize("uid, sudo, apt", [("1000", "no", "works"), ("0", "no", "fails")])
+def test_ensure_data_without_a_way_says_how(tmp_path, uid, sudo, apt):
+    """No root, no passwordless sudo (or an apt-get that cannot install), no Python to download with:
+    a message saying how, and a non-zero status, so `make test` stops before the tests that need it."""
+    run, log = run_ensure(tmp_path, uid=uid, sudo=sudo, apt=apt)
+    assert run.returncode == 1
+    assert "sudo apt-get install dataset-fashion-mnist" in run.stderr and "D2LBN_DATA" in run.stderr
+    assert debian_files(tmp_path) == []
+    if apt == "fails":
+        assert "Unable to locate package" in run.stderr       # apt-get's own reason is shown
+    else:
+        assert not [call for call in log if call.startswith("apt-get")]
+
+
+def test_ensure_data_downloads_with_d2lbn_when_it_cannot_install(tmp_path):
+    """No root and no sudo, a Python with d2lbn given: it downloads (here from 127.0.0.1, serving the
+    real files of this machine, so the real checksums are checked) into ~/.mxnet."""
+    import sys
+    real = data.find_data_dir()
+    assert real is not None
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(real), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        run, log = run_ensure(tmp_path, sys.executable, uid="1000", sudo="no",
+                              env={"D2LBN_DATA_URL": url})
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
+    cache = tmp_path / "home" / ".mxnet" / "datasets" / "fashion-mnist"
+    assert sorted(p.name for p in cache.iterdir()) == sorted(data.FILES)
+    assert not [call for call in log if call.startswith("apt-get")]
+
+
+def test_ensure_data_download_failing_offline_says_how(tmp_path):
+    import sys
+    run, _ = run_ensure(tmp_path, sys.executable, uid="1000", sudo="no",
+                        env={"D2LBN_DATA_URL": "http://127.0.0.1:9/"})
+    assert run.returncode == 1
+    assert "download failed" in run.stderr and "sudo apt-get install dataset-fashion-mnist" in run.stderr
+
+
+def test_make_test_gets_the_data_before_the_tests():
+    """`make test` (and `make test-numpy126`) run tools/ensure_data.sh with the venv's Python first."""
+    import re
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    for target, python in (("test", "$(BIN)/python"), ("test-numpy126", "$(VENV126)/bin/python")):
+        recipe = re.search(rf"^{re.escape(target)}:[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M).group(1)
+        first = recipe.splitlines()[0].strip()
+        assert first == f"tools/ensure_data.sh {python}", recipe
