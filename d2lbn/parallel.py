@@ -65,8 +65,13 @@ def split_batch(X: nd.NDArray, y: nd.NDArray, ctxs: Sequence[mx.Context]
     """Split X: (N, ...) and y: (N,) into ``len(ctxs)`` equal consecutive slices, slice
     k on ctxs[k].
 
-    N must be divisible by the number of contexts (unequal slices would weigh examples
-    unequally).
+    N must be divisible by the number of contexts. The gradient does not need it: the
+    slices' losses are summed and ``trainer.step(N)`` divides by N, so every example
+    weighs 1/N whatever its slice. MXNet's ``gluon.contrib.nn.SyncBatchNorm`` does: it
+    averages the per-device E(x) and E(x^2) without weights (``mean_ = data_[0] * 1.0f
+    / num_devices_``, ``src/operator/contrib/sync_batch_norm-inl.h:156``, tag 1.9.1),
+    so with unequal slices the examples of a smaller slice would weigh more in its
+    statistics. (:func:`sync_moments` divides by the total count and takes any sizes.)
     """
     ctxs = _check_contexts(ctxs)
     if X.shape[0] != y.shape[0]:
@@ -370,10 +375,14 @@ def forward_backward(net: gluon.Block, loss_fn: gluon.loss.Loss, X: nd.NDArray,
     per-slice losses (the gradients stay in the parameters, one copy per device).
 
     With ``gluon.contrib.nn.SyncBatchNorm`` each device runs its forward and backward
-    pass in its own thread, as GluonCV's ``DataParallelModel`` does: MXNet's operator
-    blocks until every device has reached it, and one thread driving the devices in turn
-    can wait forever (it does for this book's LeNet, four such layers, on MXNet 1.9.1's
-    CPU build; ch07_devices shows it in a child process).
+    pass in its own thread (:func:`in_threads`). MXNet's operator waits at a barrier in
+    each pass until all ``num_devices`` devices have reached it. On MXNet 1.9.1's CPU
+    build this book's LeNet (four such layers) waited forever when one thread ran the
+    devices' forward passes in turn, and also when the forward passes ran in threads
+    but one thread started every device's backward pass (ch07_devices shows both in
+    child processes). GluonCV's ``DataParallelModel`` threads the forward pass only,
+    with ``sync=True``, and its segmentation script back-propagates every device from
+    one thread, on GPUs (read, not run here).
     Pending work is finished first (``nd.waitall()``): a first step from a cold start
     hung without it.
     """
@@ -458,11 +467,13 @@ def average_moving_statistics(net: gluon.Block, ctxs: Sequence[mx.Context]) -> N
     """Replace every moving statistic of ``net`` on every context of ``ctxs`` by its
     mean over ``ctxs`` (in place).
 
-    For the moving means this is the mean over all devices' slices. For the moving
-    variances it is the mean of per-slice variances, which lacks the spread *between*
-    the slice means (the variance decomposition), so it underestimates the variance of
-    whole batches; recomputing the statistics on whole batches (precise statistics)
-    does not.
+    For the moving means this is the moving average of every device's slice means,
+    except where a copy replaced a device's statistics: after the ``Trainer``'s first
+    step has copied device 0's to the others, the first step's term holds device 0's
+    slice mean only. For the moving variances it is the mean of per-slice variances,
+    which lacks the spread *between* the slice means (the variance decomposition), so it
+    underestimates the variance of whole batches; recomputing the statistics on whole
+    batches (precise statistics) does not.
     """
     ctxs = _check_contexts(ctxs)
     for p in _moving_parameters(net):

@@ -142,6 +142,36 @@ def test_mxnet_sync_batch_norm_statistics_are_the_whole_batch(rng):
         np.testing.assert_allclose(bn.running_var.data(c).asnumpy(), x.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
+def test_mxnet_sync_batch_norm_averages_unequal_slices_without_weights(rng):
+    """Why split_batch insists on equal slices: with slices of 2 and 6, MXNet's SyncBatchNorm stores
+    the unweighted average of the two slices' E(x) and E(x^2) (sync_batch_norm-inl.h:156 at 1.9.1),
+    not the whole batch's statistics, while sync_moments gives the whole batch's (float64 NumPy)."""
+    bn = gluon.contrib.nn.SyncBatchNorm(in_channels=3, num_devices=2, momentum=0.0)
+    bn.initialize(ctx=CTXS)
+    x = shifted_batch(rng, (8, 3, 2, 2))
+    Xs = slices(x, (2, 6))
+
+    def work(k):
+        with autograd.record():
+            out = bn(Xs[k]).sum()
+        out.backward()
+
+    P.in_threads(work, 2)
+    nd.waitall()
+    parts = (x[:2], x[2:])
+    mean = np.mean([p.mean(axis=(0, 2, 3)) for p in parts], axis=0)
+    square = np.mean([(p ** 2).mean(axis=(0, 2, 3)) for p in parts], axis=0)
+    for c in CTXS:
+        np.testing.assert_allclose(bn.running_mean.data(c).asnumpy(), mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(bn.running_var.data(c).asnumpy(), square - mean ** 2,
+                                   rtol=1e-4, atol=1e-5)
+        assert np.abs(bn.running_mean.data(c).asnumpy() - x.mean(axis=(0, 2, 3))).max() > 0.1
+    means, variances = P.sync_moments(Xs)
+    for m, v in zip(means, variances):
+        np.testing.assert_allclose(m.asnumpy().ravel(), x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(v.asnumpy().ravel(), x.var(axis=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
 def _max_param_difference(net_a, net_b, ctx_b):
     pa, pb = list(net_a.collect_params().values()), list(net_b.collect_params().values())
     assert [p.shape for p in pa] == [p.shape for p in pb]
