@@ -141,7 +141,7 @@ def compare_layers(shapes: Iterable[Tuple[int, ...]], impls: Sequence[str] = ("f
         fns = _layer_steps(shape, impls, ctx, seed)
         # the per-call cost decides how many calls make one measurement (keep each >= ~20 ms: on a
         # loaded machine one call and its wait measure mostly the wake-up of MXNet's threads)
-        probe = interleaved_ms({"mxnet": fns["mxnet"]}, reps=3, inner=1)["mxnet"]
+        probe = interleaved_ms({"mxnet": fns["mxnet"]}, reps=3, inner=10)["mxnet"]
         inner = max(1, int(20.0 / max(statistics.median(probe), 1e-3)))
         for impl in impls:
             times = interleaved_ms({"mxnet": fns["mxnet"], impl: fns[impl]}, reps=reps, inner=inner)
