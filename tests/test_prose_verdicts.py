@@ -20,7 +20,7 @@ from test_prose_numbers import book_notebooks  # noqa: E402
 PENDING: set[str] = {
     "appendix_classic_bugs", "appendix_fast_mxnet",
     "ch04_lenet", "ch05_gluon", "ch06_beyond",
-    "ch08_why", "ch09_practice", "ch10_misbehaves",
+    "ch08_why",
 }
 
 
