@@ -207,8 +207,11 @@ class _SaveOnSignal:
                     self.save(signum)
                 except BaseException:         # noqa: B036 -- exit below whatever happened
                     pass
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):     # a reader that has gone must not stop the exit
+                pass
         os._exit(128 + signum)
 
     @contextlib.contextmanager

@@ -15,6 +15,7 @@ so an interrupted or corrupted download never leaves a file that a later run wou
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import http.client
@@ -170,7 +171,7 @@ def download_lock(folder: os.PathLike):
     another process that downloads into the same folder waits until it is released (saying so once
     on stderr). The kernel releases it when the holder dies, however it dies; the holder removes
     the file when done, and a waiter checks that the file it locked is still the one in the folder.
-    Without ``fcntl`` (Windows) nothing is locked."""
+    Without ``fcntl`` (Windows), or on a file system without locks, nothing is locked."""
     try:
         import fcntl
     except ImportError:
@@ -189,26 +190,34 @@ def download_lock(folder: os.PathLike):
                           file=sys.stderr, flush=True)
                     announced = True
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                mine = os.fstat(fd)
-                current = os.stat(path)
-                locked = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
-            except FileNotFoundError:           # the holder we waited for removed it
-                locked = False
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.ENOLCK, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            fd = None                           # a file system without locks: download unlocked
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            break
         except BaseException:
             os.close(fd)
             raise
+        try:
+            mine, current = os.fstat(fd), os.stat(path)
+            locked = (mine.st_dev, mine.st_ino) == (current.st_dev, current.st_ino)
+        except FileNotFoundError:               # the holder we waited for removed it
+            locked = False
         if locked:
             break
         os.close(fd)
     try:
         yield
     finally:
-        try:
-            os.unlink(path)                     # while still holding the lock
-        except OSError:
-            pass
-        os.close(fd)
+        if fd is not None:
+            try:
+                os.unlink(path)                 # while still holding the lock
+            except OSError:
+                pass
+            os.close(fd)
 
 
 def remove_stale_parts(folder: os.PathLike) -> List[Path]:

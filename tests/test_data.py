@@ -497,3 +497,19 @@ def test_make_test_gets_the_data_before_the_tests():
         recipe = re.search(rf"^{re.escape(target)}:[^\n]*\n((?:\t[^\n]*\n)+)", makefile, re.M).group(1)
         first = recipe.splitlines()[0].strip()
         assert first == f"tools/ensure_data.sh {python}", recipe
+
+
+def test_a_folder_without_file_locks_still_downloads(monkeypatch, tmp_path):
+    """On a file system that refuses flock (ENOLCK, some network mounts) the lock is skipped, not fatal."""
+    import errno
+    import fcntl
+
+    def refuse(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    make_fake_set(tmp_path)
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with data.download_lock(tmp_path):
+        pass
+    data.download_fashion_mnist(tmp_path, base_url="http://127.0.0.1:9/")   # all present: no request
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(data.FILES)
