@@ -18,8 +18,7 @@ from test_prose_numbers import book_notebooks  # noqa: E402
 # when its comparisons are glued verdicts or allow-listed with a reason. Strict: a notebook that
 # already passes must be removed from it.
 PENDING: set[str] = {
-    "appendix_classic_bugs", "appendix_fast_mxnet",
-    "ch04_lenet", "ch05_gluon", "ch06_beyond",
+    "ch06_beyond",
     "ch08_why",
 }
 
