@@ -19,7 +19,6 @@ from test_prose_numbers import book_notebooks  # noqa: E402
 # already passes must be removed from it.
 PENDING: set[str] = {
     "ch06_beyond",
-    "ch08_why",
 }
 
 
