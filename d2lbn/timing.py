@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-__all__ = ["interleaved_ms", "layer_step", "Row", "format_table", "on_path", "compare_layers",
+__all__ = ["interleaved_ms", "paired_rounds", "layer_rounds", "layer_step", "Row", "format_table", "on_path", "compare_layers",
            "mxnet_range", "operator_profile", "kernel_ms", "KernelRow", "kernel_rows",
            "extra_kernel_ms", "format_kernel_table", "train_epoch_seconds", "training_step"]
 
@@ -44,6 +44,49 @@ def interleaved_ms(fns: Dict[str, Callable[[], object]], reps: int = 15, inner: 
             nd.waitall()
             times[name].append((time.perf_counter() - start) / inner * 1e3)
     return times
+
+
+def paired_rounds(fns: Dict[str, Callable[[], object]], rounds: int = 5, reps: int = 5,
+                  inner: int = 1, warmup: int = 2) -> Dict[str, List[float]]:
+    """Median milliseconds per call of each function in each of ``rounds`` rounds.
+
+    Every round times all of ``fns`` in one rotation (:func:`interleaved_ms`, ``reps``
+    measurements each, ``warmup`` calls before the first round only). The i-th entries of the
+    returned lists were measured in the same round, under the same load, so they pair: compare
+    two candidates round by round (``d2lbn.verdict.compare_seeds(a, b, ...,
+    higher_is_better=False)``, the rounds standing in for seeds), not by their ratios to a
+    third function timed in other rotations.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1; got {rounds}")
+    if not fns:
+        raise ValueError("paired_rounds needs at least one function to time")
+    medians: Dict[str, List[float]] = {name: [] for name in fns}
+    for i in range(rounds):
+        times = interleaved_ms(fns, reps=reps, inner=inner, warmup=warmup if i == 0 else 0)
+        for name, t in times.items():
+            medians[name].append(statistics.median(t))
+    return medians
+
+
+def layer_rounds(shape: Tuple[int, ...], impls: Sequence[str] = ("fast",), rounds: int = 5,
+                 reps: int = 5, ctx: Optional[mx.Context] = None,
+                 seed: int = 0) -> Dict[str, List[float]]:
+    """Forward+backward time of ``gluon.nn.BatchNorm`` (``'mxnet'``) and of
+    ``d2lbn.norm.BatchNorm(impl=name)`` for every name in ``impls``, all timed in ONE rotation
+    on the same input and head gradient (:func:`paired_rounds`): per name, the median ms of
+    each round. Unlike :func:`compare_layers`, where each implementation gets its own pairing
+    with MXNet's layer (and so its own MXNet time), the candidates here share every round, so
+    they can be compared with each other and their ratios to MXNet's layer share one
+    denominator. ``'fast:graph'``/``'fast:function'`` force the fast layer's path
+    (:func:`on_path`)."""
+    if not impls:
+        raise ValueError("layer_rounds needs at least one implementation in impls")
+    fns = _layer_steps(tuple(shape), impls, ctx or mx.cpu(), seed)
+    # as in compare_layers: keep each measurement >= ~20 ms of MXNet's step
+    probe = interleaved_ms({"mxnet": fns["mxnet"]}, reps=3, inner=10)["mxnet"]
+    inner = max(1, int(20.0 / max(statistics.median(probe), 1e-3)))
+    return paired_rounds(fns, rounds=rounds, reps=reps, inner=inner)
 
 
 def layer_step(layer: gluon.Block, X: nd.NDArray, dY: nd.NDArray) -> Callable[[], None]:

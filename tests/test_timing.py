@@ -161,3 +161,41 @@ def test_training_step_updates_the_weights_as_sgd_does():
     step()
     assert (net.weight.data() - expected).abs().max().asscalar() < 1e-6
     assert interleaved_ms({"step": step}, reps=1, warmup=0)["step"][0] > 0
+
+
+def test_paired_rounds_pairs_rounds_and_orders_by_time():
+    # oracle: time.sleep of known lengths; every round times both in one rotation
+    import time
+    from d2lbn.timing import paired_rounds
+    from d2lbn.verdict import compare_seeds
+    calls = {"short": 0, "long": 0}
+
+    def sleeper(name, seconds):
+        def fn():
+            calls[name] += 1
+            time.sleep(seconds)
+        return fn
+    rounds = paired_rounds({"short": sleeper("short", 0.001), "long": sleeper("long", 0.006)},
+                           rounds=3, reps=2, inner=2, warmup=1)
+    # warm-up before the first round only: 1 + 3 rounds x 2 reps x 2 calls
+    assert calls == {"short": 13, "long": 13}
+    assert all(len(t) == 3 for t in rounds.values())
+    assert all(1.0 <= t < 6.0 for t in rounds["short"]) and min(rounds["long"]) >= 6.0
+    v = compare_seeds(rounds["short"], rounds["long"], "short", "long", higher_is_better=False)
+    assert v.kind == "ahead", v
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        paired_rounds({"short": sleeper("short", 0)}, rounds=0)
+    with pytest.raises(ValueError, match="at least one function"):
+        paired_rounds({})
+
+
+def test_layer_rounds_times_every_layer_in_one_rotation_on_its_forced_path():
+    from d2lbn.paths import record_paths
+    from d2lbn.timing import layer_rounds
+    with record_paths() as taken:
+        rounds = layer_rounds((16, 4), impls=("fast:graph", "fast:function"), rounds=2, reps=1)
+    assert set(rounds) == {"mxnet", "fast:graph", "fast:function"}
+    assert all(len(t) == 2 and min(t) > 0 for t in rounds.values())
+    assert taken.get("graph", 0) > 0 and taken.get("closed-form", 0) > 0, dict(taken)
+    with pytest.raises(ValueError, match="at least one implementation"):
+        layer_rounds((16, 4), impls=())
