@@ -252,7 +252,8 @@ def recalibrate_bn(net: gluon.Block, X: nd.NDArray, batch_size: int = 500) -> in
     variance by the mean and biased variance of its input over the unlabelled images
     ``X`` (N, 1, 28, 28), the net in inference mode. Layer by layer, in order, so each
     layer's statistics are those it meets once the layers before it have been
-    recalibrated. No weight changes. Returns the number of layers.
+    recalibrated: the whole net runs over all of ``X`` once per batch-norm layer (four
+    inference-mode passes for LeNet). No weight changes. Returns the number of layers.
 
     A NaN or infinity in ``X`` (or in a layer's input) is a ``ValueError`` naming the
     batch, raised before any statistic changes (or after restoring them all).
