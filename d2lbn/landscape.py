@@ -130,8 +130,11 @@ class ShiftScaleNoise(nn.Block):
     :class:`PerSampleNoise` is the per-example kind.
 
     X: (N, C) or (N, C, H, W) -> same shape. In inference mode the noise is replaced by
-    its mean, ``s = (1 + max_scale) / 2`` and ``m = 0`` (as dropout scales by its keep
-    probability).
+    its mean, ``s = (1 + max_scale) / 2`` and ``m = 0`` (as classic, non-inverted
+    dropout scales by its keep probability at test time). A batch-norm layer further up
+    still normalises with the moving statistics it gathered from noisy inputs, which
+    need not match the inputs it receives at inference (for per-example noise, the
+    "variance shift" of Li et al., 2019).
     """
 
     def __init__(self, max_shift: float = 1.0, max_scale: float = 3.0, **kwargs):
@@ -201,7 +204,9 @@ class PerSampleNoise(nn.Block):
     :class:`ShiftScaleNoise`'s noise.
 
     X: (N, C) or (N, C, H, W) -> same shape. In inference mode the noise is replaced by
-    its mean, ``s = (1 + max_scale) / 2`` and ``m = 0``.
+    its mean, ``s = (1 + max_scale) / 2`` and ``m = 0``, while batch-norm layers
+    further up keep the moving statistics they gathered from noisy inputs (see
+    :class:`ShiftScaleNoise`).
     """
 
     def __init__(self, max_shift: float = 1.0, max_scale: float = 3.0,
@@ -405,7 +410,10 @@ class GradientProbe:
     @property
     def loss_range(self) -> float:
         """Spread of the loss along the gradient: max - min over ``w`` and every
-        ``w - eta g``."""
+        ``w - eta g``. It measures how much the loss varies along the gradient
+        direction (Santurkar et al.'s stability, or Lipschitzness, of the loss), not
+        how well the first-order prediction ``loss0 - eta ||g||^2`` holds: for a
+        linear loss the prediction is exact and the spread is ``max(eta) ||g||^2``."""
         values = np.append(self.losses, self.loss0)
         return float(values.max() - values.min())
 

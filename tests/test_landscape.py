@@ -283,6 +283,29 @@ def test_probe_on_a_quadratic_loss_matches_the_closed_form(rng):
     np.testing.assert_array_equal(net[0].weight.data().asnumpy(), w.reshape(1, D))   # restored
 
 
+def test_loss_spread_measures_variation_not_agreement_with_the_first_order_prediction(rng):
+    """For a linear loss L(w) = a.w every step lands exactly where the gradient predicts,
+    L(w - eta g) = L(w) - eta |a|^2, and the gradient never changes; yet the loss spread
+    is max(eta) |a|^2, as large as |a| makes it (ch08: the spread is the Lipschitzness of
+    the loss along the gradient, not the quality of the prediction)."""
+    N, D = 32, 4
+    x = rng.normal(size=(N, D)) + np.array([3.0, -4.0, 1.0, 0.5])
+    w = rng.normal(size=D)
+    net = nn.Dense(1, use_bias=False, in_units=D, dtype="float64")
+    net.initialize()
+    net.weight.set_data(nd.array(w.reshape(1, D), dtype="float64"))
+    X, Y = nd.array(x, dtype="float64"), nd.zeros((N, 1), dtype="float64")
+    a = x.mean(axis=0)                                   # L(w) = mean(x @ w) = a . w
+    etas = np.array([0.05, 0.1, 0.2, 0.4])
+    probe = L.probe_gradient_direction(net, lambda out, y: out, X, Y, etas)
+    np.testing.assert_allclose(probe.loss0, a @ w, rtol=1e-10)
+    predicted = a @ w - etas * (a @ a)                  # first-order prediction
+    np.testing.assert_allclose(probe.losses, predicted, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(probe.grad_changes, 0.0, atol=1e-12)
+    assert probe.loss_range == pytest.approx(etas.max() * (a @ a), rel=1e-10)
+    assert probe.loss_range > 1.0                       # large, with no prediction error
+
+
 @pytest.mark.parametrize("steps, match", [([], "non-empty"), ([0.1, 0.0], "positive"),
                                           ([-0.1], "positive"), ([float("nan")], "positive")])
 def test_probe_rejects_bad_step_sizes(steps, match):
