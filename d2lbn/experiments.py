@@ -548,16 +548,16 @@ def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Conte
     return stats
 
 
-# ---- 4b. what the moving averages miss: one factor at a time ---------------------------------------
+# ---- 4b. what the moving averages miss: one factor at a time -------------------------
 
 @dataclass
 class LayerMoments:
-    """Batch statistics of one batch-norm layer's input, averaged with equal weights over
-    batches, as float64 arrays (C,): ``mean`` = E[mu_B]; ``batch_var`` = E[sigma2_B], the
-    average of each batch's biased variance (what a moving average of the batch variances
-    estimates); ``pooled_var`` = E[sigma2_B + mu_B**2] - E[mu_B]**2, the precise variance
-    (:func:`precise_statistics`). ``values``: the values per channel in one batch of the
-    loader (N, or N*H*W for images)."""
+    """Batch statistics of one batch-norm layer's input, averaged with equal weights
+    over batches, as float64 arrays (C,): ``mean`` = E[mu_B]; ``batch_var`` =
+    E[sigma2_B], the average of each batch's biased variance (what a moving average of
+    the batch variances estimates); ``pooled_var`` = E[sigma2_B + mu_B**2] -
+    E[mu_B]**2, the precise variance (:func:`precise_statistics`). ``values``: the
+    values per channel in one batch of the loader (N, or N*H*W for images)."""
     mean: np.ndarray
     batch_var: np.ndarray
     pooled_var: np.ndarray
@@ -565,9 +565,9 @@ class LayerMoments:
 
     @property
     def within_share(self) -> np.ndarray:
-        """batch_var / pooled_var per channel: the share of the variance that lies within a
-        batch (1 where the pooled variance is 0). For N independent values per channel
-        it is (N - 1) / N on average."""
+        """batch_var / pooled_var per channel: the share of the variance that lies
+        within a batch (1 where the pooled variance is 0). For N independent values
+        per channel it is (N - 1) / N on average."""
         return np.divide(self.batch_var, self.pooled_var,
                          out=np.ones_like(self.batch_var), where=self.pooled_var > 0)
 
@@ -624,8 +624,9 @@ def layer_batch_moments(net: gluon.Block, loader, num_batches: int, ctx: mx.Cont
     return out
 
 
-def remove_initial_values(stats: Sequence[Tuple[np.ndarray, np.ndarray]], num_updates: int,
-                          momentum: float = 0.9, initial: Tuple[float, float] = (0.0, 1.0)
+def remove_initial_values(stats: Sequence[Tuple[np.ndarray, np.ndarray]],
+                          num_updates: int, momentum: float = 0.9,
+                          initial: Tuple[float, float] = (0.0, 1.0)
                           ) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Moving statistics without the weight their initial values still carry.
 
@@ -633,8 +634,8 @@ def remove_initial_values(stats: Sequence[Tuple[np.ndarray, np.ndarray]], num_up
     ``initial`` (mean 0, variance 1, as ``d2lbn.norm.BatchNorm`` starts),
     ``m_t = momentum**t * initial + (1 - momentum) * sum_k momentum**(t - k) x_k``: the
     batches' weights sum to 1 - momentum**t. This returns
-    ``(m_t - momentum**t * initial) / (1 - momentum**t)`` for every (mean, var) pair, the
-    same exponential weighting of the batches alone (Adam's bias correction)."""
+    ``(m_t - momentum**t * initial) / (1 - momentum**t)`` for every (mean, var) pair,
+    the same exponential weighting of the batches alone (Adam's bias correction)."""
     num_updates = check_int("num_updates", num_updates)
     check_momentum(momentum)
     left = float(momentum) ** num_updates
@@ -643,9 +644,9 @@ def remove_initial_values(stats: Sequence[Tuple[np.ndarray, np.ndarray]], num_up
             for mean, var in stats]
 
 
-#: The statistics :func:`statistics_arms` builds, each one factor away from the one before.
-ARMS = ("moving", "moving, unbiased", "initial values removed", "average at final weights",
-        "equal weights", "precise")
+#: The statistics :func:`statistics_arms` builds, each one factor away from another.
+ARMS = ("moving", "moving, unbiased", "initial values removed",
+        "average at final weights", "equal weights", "precise")
 
 
 def statistics_arms(net: gluon.Block, moving: Sequence[Tuple[np.ndarray, np.ndarray]],
@@ -677,17 +678,20 @@ def statistics_arms(net: gluon.Block, moving: Sequence[Tuple[np.ndarray, np.ndar
                          f"({len(layers)}); got {len(moving)} and {len(moments)}")
     momenta = {layer.momentum for layer in layers}
     if len(momenta) != 1:
-        raise ValueError(f"the batch-norm layers must share one momentum; got {momenta}")
+        raise ValueError(f"the batch-norm layers must share one momentum; "
+                         f"got {momenta}")
     momentum = momenta.pop()
     moving = [(np.asarray(m, np.float64), np.asarray(v, np.float64)) for m, v in moving]
     arms = {"moving": moving,
             "moving, unbiased": [(m, v * k.values / (k.values - 1))
                                  for (m, v), k in zip(moving, moments)],
-            "initial values removed": remove_initial_values(moving, num_updates, momentum)}
+            "initial values removed": remove_initial_values(moving, num_updates,
+                                                            momentum)}
     saved = moving_statistics(net)
     fresh = min(num_updates, max_batches)
     try:
-        set_moving_statistics(net, [(np.zeros_like(m), np.ones_like(v)) for m, v in moving])
+        set_moving_statistics(net, [(np.zeros_like(m), np.ones_like(v))
+                                    for m, v in moving])
         settle_moving_statistics(net, loader, fresh, ctx)
         arms["average at final weights"] = remove_initial_values(moving_statistics(net),
                                                                  fresh, momentum)
@@ -698,7 +702,8 @@ def statistics_arms(net: gluon.Block, moving: Sequence[Tuple[np.ndarray, np.ndar
     return arms
 
 
-def arm_accuracies(net: gluon.Block, arms: Dict[str, Sequence[Tuple[np.ndarray, np.ndarray]]],
+def arm_accuracies(net: gluon.Block,
+                   arms: Dict[str, Sequence[Tuple[np.ndarray, np.ndarray]]],
                    loader, ctx: mx.Context) -> Dict[str, float]:
     """Inference-mode accuracy over ``loader`` with each set of statistics of ``arms``
     (as :func:`statistics_arms` returns) stored in turn; the net's own moving
