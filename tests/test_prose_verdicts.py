@@ -17,9 +17,7 @@ from test_prose_numbers import book_notebooks  # noqa: E402
 # Notebooks whose prose is still being brought under the rule (issue 24); each leaves this set
 # when its comparisons are glued verdicts or allow-listed with a reason. Strict: a notebook that
 # already passes must be removed from it.
-PENDING: set[str] = {
-    "ch06_beyond",
-}
+PENDING: set[str] = set()
 
 
 @pytest.mark.parametrize("notebook", book_notebooks(), ids=lambda p: p.stem)
