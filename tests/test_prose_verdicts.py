@@ -14,16 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prose_verdicts import allowed_comparisons, unbacked, unbacked_in_text  # noqa: E402
 from test_prose_numbers import book_notebooks  # noqa: E402
 
-# Notebooks whose prose is still being brought under the rule (issue 24); each leaves this set
-# when its comparisons are glued verdicts or allow-listed with a reason. Strict: a notebook that
-# already passes must be removed from it.
-PENDING: set[str] = set()
-
-
 @pytest.mark.parametrize("notebook", book_notebooks(), ids=lambda p: p.stem)
-def test_every_comparison_is_a_computed_verdict(notebook, request):
-    if notebook.stem in PENDING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="issue 24: not yet converted"))
+def test_every_comparison_is_a_computed_verdict(notebook):
     found = unbacked(notebook)
     assert not found, (
         f"{notebook.name}: {len(found)} sentence(s) state a comparison that no cell decided. "
