@@ -471,9 +471,9 @@ def average_moving_statistics(net: gluon.Block, ctxs: Sequence[mx.Context]) -> N
     except where a copy replaced a device's statistics: after the ``Trainer``'s first
     step has copied device 0's to the others, the first step's term holds device 0's
     slice mean only. For the moving variances it is the mean of per-slice variances,
-    which lacks the spread *between* the slice means (the variance decomposition), so it
-    underestimates the variance of whole batches; recomputing the statistics on whole
-    batches (precise statistics) does not.
+    which lacks the spread *between* the slice means (the variance decomposition), so
+    it underestimates the variance of whole batches; recomputing the statistics on
+    whole batches (precise statistics) does not.
     """
     ctxs = _check_contexts(ctxs)
     for p in _moving_parameters(net):
