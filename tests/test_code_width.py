@@ -18,6 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_prose_numbers import book_notebooks  # noqa: E402
 
 MAX_WIDTH = 88
+# A hidden cell's code (tags hide-cell, hide-input) and code in a dropdown sit in a box whose column
+# is 2 px narrower: an 88-character line scrolls there (668 px in 666 px, seen in the browser test).
+HIDDEN_MAX_WIDTH = 87
 INCLUDE = re.compile(r"^([`:]{3,})\{literalinclude\}\s+(\S+)\s*\n((?:\s*:[\w-]+:.*\n?)*)", re.M)
 
 
@@ -37,7 +40,8 @@ def pyobject_source(path: Path, name: str) -> tuple[int, list[str]]:
 
 
 def shown_code(notebook: Path) -> list[tuple[str, int, str]]:
-    """(where, line number, line) for each line of code the notebook shows."""
+    """(where, line number, line) for each line of code the notebook shows (``where`` ends with
+    " (hidden)" for a hidden cell or a dropdown)."""
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     shown = []
     for index, cell in enumerate(nb["cells"]):
@@ -46,7 +50,9 @@ def shown_code(notebook: Path) -> list[tuple[str, int, str]]:
             tags = cell.get("metadata", {}).get("tags", [])
             if "remove-input" in tags or "remove-cell" in tags:
                 continue
-            shown += [(f"cell {index}", k, line) for k, line in enumerate(source.splitlines(), 1)]
+            hidden = " (hidden)" if {"hide-cell", "hide-input"} & set(tags) else ""
+            shown += [(f"cell {index}{hidden}", k, line)
+                      for k, line in enumerate(source.splitlines(), 1)]
         elif cell["cell_type"] == "markdown":
             for m in INCLUDE.finditer(source):
                 target = (notebook.parent / m.group(2)).resolve()
@@ -55,15 +61,20 @@ def shown_code(notebook: Path) -> list[tuple[str, int, str]]:
                     start, lines = pyobject_source(target, options["pyobject"].strip())
                 else:
                     start, lines = 1, target.read_text(encoding="utf-8").splitlines()
-                where = f"cell {index}: {target.name}"
+                before = source[:m.start()]
+                opened = before.rfind("{admonition}")
+                hidden = (" (hidden)" if opened >= 0 and ":class: dropdown" in before[opened:]
+                          else "")
+                where = f"cell {index}: {target.name}{hidden}"
                 shown += [(where, start + k, line) for k, line in enumerate(lines)]
     return shown
 
 
 @pytest.mark.parametrize("notebook", book_notebooks(), ids=lambda p: p.stem)
 def test_shown_code_fits_the_page(notebook):
-    wide = [(where, k, line) for where, k, line in shown_code(notebook) if len(line) > MAX_WIDTH]
-    assert not wide, (f"{notebook.name}: {len(wide)} line(s) of shown code longer than {MAX_WIDTH} "
+    wide = [(where, k, line) for where, k, line in shown_code(notebook)
+            if len(line) > (HIDDEN_MAX_WIDTH if where.endswith("(hidden)") else MAX_WIDTH)]
+    assert not wide, (f"{notebook.name}: {len(wide)} line(s) of shown code too wide ({MAX_WIDTH} characters, {HIDDEN_MAX_WIDTH} in a hidden cell or dropdown) "
                       "characters (they scroll sideways in the book):\n"
                       + "\n".join(f"  {where} line {k} ({len(line)} chars): {line.strip()[:70]}"
                                   for where, k, line in wide))
