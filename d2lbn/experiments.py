@@ -392,6 +392,21 @@ class BatchSizeResult:
         return self.precise_acc - self.train_mode_acc
 
 
+def _batches(loader, num_batches: int):
+    """Yield the inputs of ``num_batches`` batches of ``loader``, passing over it again as often
+    as needed (an empty loader is a ``ValueError``, not an endless loop)."""
+    done = 0
+    while done < num_batches:
+        before = done
+        for X, _ in loader:
+            yield X
+            done += 1
+            if done == num_batches:
+                return
+        if done == before:
+            raise ValueError("loader yielded no batch")
+
+
 def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context) -> None:
     """Let the moving statistics catch up with the current weights: ``num_batches`` training-mode
     forward passes over ``loader``'s batches, no weight update. With momentum 0.9, after 50 batches
@@ -400,14 +415,9 @@ def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx
     average, dominated by the last few dozen batches; :func:`precise_statistics` is the
     equal-weight alternative."""
     num_batches = check_int("num_batches", num_batches, minimum=0)
-    done = 0
     with autograd.train_mode():
-        while done < num_batches:
-            for X, _ in loader:
-                net(X.as_in_context(ctx))
-                done += 1
-                if done == num_batches:
-                    break
+        for X in _batches(loader, num_batches):
+            net(X.as_in_context(ctx))
 
 
 def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per_64: float = 0.1,
@@ -529,15 +539,12 @@ def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Conte
         for layer in layers:
             layer.momentum = 0.0          # the moving statistics become the batch's own
         with frozen_moving_statistics(net), autograd.train_mode():
-            while done < num_batches:
-                for X, _ in loader:
-                    net(X.as_in_context(ctx))
-                    for acc, (mean, var) in zip(sums, moving_statistics(net)):
-                        acc[0] = acc[0] + mean
-                        acc[1] = acc[1] + var + mean ** 2
-                    done += 1
-                    if done == num_batches:
-                        break
+            for X in _batches(loader, num_batches):
+                net(X.as_in_context(ctx))
+                for acc, (mean, var) in zip(sums, moving_statistics(net)):
+                    acc[0] = acc[0] + mean
+                    acc[1] = acc[1] + var + mean ** 2
+                done += 1
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -604,22 +611,17 @@ def layer_batch_moments(net: gluon.Block, loader, num_batches: int, ctx: mx.Cont
     handles = [layer.register_forward_pre_hook(make_hook(acc))
                for layer, acc in zip(layers, sums)]
     mode = autograd.train_mode() if training else autograd.predict_mode()
-    done = 0
     try:
         with frozen_moving_statistics(net), mode:
-            while done < num_batches:
-                for X, _ in loader:
-                    net(X.as_in_context(ctx))
-                    done += 1
-                    if done == num_batches:
-                        break
+            for X in _batches(loader, num_batches):
+                net(X.as_in_context(ctx))
     finally:
         for handle in handles:
             handle.detach()
     out = []
     for acc in sums:
-        mean, batch_var = acc["mean"] / done, acc["var"] / done
-        pooled = np.maximum(batch_var + acc["square"] / done - mean ** 2, 0.0)
+        mean, batch_var = acc["mean"] / num_batches, acc["var"] / num_batches
+        pooled = np.maximum(batch_var + acc["square"] / num_batches - mean ** 2, 0.0)
         out.append(LayerMoments(mean, batch_var, pooled, acc["values"]))
     return out
 
