@@ -219,24 +219,31 @@ def allowed_numbers(nb: dict, where: str = "notebook") -> dict[str, str]:
     return allowed
 
 
-def bare_numbers(path: str | Path) -> list[BareNumber]:
-    """Every bare number in the markdown cells of the notebook at `path`."""
+def read_notebook(path: str | Path) -> tuple[Path, dict]:
+    """(path, parsed notebook); a path that is not a .ipynb is a ValueError."""
     import json
 
     path = Path(path)
     if path.suffix != ".ipynb":
         raise ValueError(f"path must be a .ipynb notebook, got {str(path)!r}")
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    allowed = allowed_numbers(nb, str(path))
-    found = []
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
+def markdown_cells(nb: dict):
+    """(index, NFC-normalised source) of every markdown cell of a parsed notebook."""
     for index, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "markdown":
-            continue
-        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-        source = unicodedata.normalize("NFC", source)
-        for token, context in bare_numbers_in_text(source, allowed):
-            found.append(BareNumber(str(path), index, token, context))
-    return found
+        if cell["cell_type"] == "markdown":
+            source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            yield index, unicodedata.normalize("NFC", source)
+
+
+def bare_numbers(path: str | Path) -> list[BareNumber]:
+    """Every bare number in the markdown cells of the notebook at `path`."""
+    path, nb = read_notebook(path)
+    allowed = allowed_numbers(nb, str(path))
+    return [BareNumber(str(path), index, token, context)
+            for index, source in markdown_cells(nb)
+            for token, context in bare_numbers_in_text(source, allowed)]
 
 
 def main(argv: list[str]) -> int:

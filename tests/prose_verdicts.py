@@ -24,15 +24,13 @@ sentence and exits 1 if there is any (0 if none).
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prose_numbers import _sentences, mask_allowed  # noqa: E402
+from prose_numbers import _sentences, mask_allowed, markdown_cells, read_notebook  # noqa: E402
 
 #: The words that make a sentence a verdict on a comparison (whole words, any case).
 COMPARATIVE = re.compile(
@@ -92,20 +90,11 @@ def unbacked_in_text(text: str, allowed: dict[str, str] | None = None
 
 def unbacked(path: str | Path) -> list[Unbacked]:
     """Every flagged sentence in the markdown cells of the notebook at ``path``."""
-    path = Path(path)
-    if path.suffix != ".ipynb":
-        raise ValueError(f"path must be a .ipynb notebook, got {str(path)!r}")
-    nb = json.loads(path.read_text(encoding="utf-8"))
+    path, nb = read_notebook(path)
     allowed = allowed_comparisons(nb, str(path))
-    found = []
-    for index, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "markdown":
-            continue
-        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-        source = unicodedata.normalize("NFC", source)
-        for word, sentence in unbacked_in_text(source, allowed):
-            found.append(Unbacked(str(path), index, word, sentence))
-    return found
+    return [Unbacked(str(path), index, word, sentence)
+            for index, source in markdown_cells(nb)
+            for word, sentence in unbacked_in_text(source, allowed)]
 
 
 def main(argv: list[str]) -> int:
