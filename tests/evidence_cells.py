@@ -374,7 +374,8 @@ def analyse(body: list[ast.stmt], glue_names: frozenset[str] = frozenset({"glue"
             elif later:
                 why[id(unit)] = f"binds {', '.join(later)}, read by a later cell's code"
             elif code:
-                why[id(unit)] = f"binds {code[0][0]}, read by code that is not evidence (line {code[0][1].lineno})"
+                name, reader = code[0]
+                why[id(unit)] = f"binds {name}, read by code that is not evidence (line {reader.lineno})"
             else:
                 continue
             accepted.discard(id(unit))
