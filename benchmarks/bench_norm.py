@@ -5,7 +5,7 @@ Prints one table, ``case | ours ms | MXNet ms | ratio``:
 * the layer, forward + backward in training mode, ``d2lbn.norm.BatchNorm`` (fast path, and the naive
   one for reference) against ``gluon.nn.BatchNorm`` on the same input: (256, 20, 24, 24) and (256, 128);
 * one training epoch of Fashion-MNIST (data loading, forward, backward, SGD step; the optimizer from
-  ``d2lbn.train.lenet_settings``, batches of 128 as in the book and of 256): LeNet with the
+  ``d2lbn.training.lenet_settings``, batches of 128 as in the book and of 256): LeNet with the
   from-scratch layer (imperative, as the book trains it) against the *hybridized* Gluon LeNet with
   ``gluon.nn.BatchNorm``;
 * the two training paths of the fast layer, each forced, on those inputs and on the four inputs
@@ -16,7 +16,7 @@ Prints one table, ``case | ours ms | MXNet ms | ratio``:
   wall clock and kernel time (MXNet's profiler), ours and MXNet's; the floor is the hybridized
   Gluon epoch with each of its layers replaced by ours at our kernels' cost, i.e. what would remain
   if launching operators from Python cost nothing;
-* the cost of ``d2lbn.train.train``'s guards against non-finite values, per training batch of 128 of
+* the cost of ``d2lbn.training.train``'s guards against non-finite values, per training batch of 128 of
   LeNet-BN: the check of each input batch, the parameter check (``find_non_finite``, run every
   ``check_every`` = 50 batches and at each epoch end) and ``BatchNorm``'s masked moving-statistics
   update, against one training step.
@@ -44,7 +44,7 @@ from mxnet import autograd, gluon, nd
 from d2lbn import graph_norm, models
 from d2lbn.timing import (Row, compare_layers, extra_kernel_ms, format_kernel_table, format_table,
                           interleaved_ms, kernel_rows, train_epoch_seconds)
-from d2lbn.train import fashion_mnist_iters, find_non_finite, lenet_settings
+from d2lbn.training import fashion_mnist_iters, find_non_finite, lenet_settings
 
 LAYER_SHAPES = [(256, 20, 24, 24), (256, 128)]
 #: what LeNet's four batch-norm layers see at batch 128: after each convolution and dense layer

@@ -1,4 +1,6 @@
-"""Command line: ``python -m d2lbn train --model lenet-bn --epochs 10 --lr 0.05 --batch-size 128``.
+"""Command line: ``python -m d2lbn train|launch|...`` (README, ch07, appendix on the parameter server).
+
+Example: ``python -m d2lbn train --model lenet-bn --epochs 10 --lr 0.05 --batch-size 128``.
 
 Runs the LeNet chapters' experiment outside a notebook: a tqdm bar and one line per epoch while it
 trains, then the history as a table (and, with ``--json FILE``, as JSON).
@@ -30,7 +32,7 @@ from .data import DataFileError, DataNotFoundError
 from .device import num_gpus, try_gpu
 from .launch import OUTPUT_CLOSED, silence_stdout
 from .models import ACTIVATIONS, batch_norm_layers, get_model, model_names
-from .train import lenet_settings
+from .training import lenet_settings
 
 __all__ = ["main", "parse_device", "build_parser"]
 
@@ -318,7 +320,7 @@ def run_train(args: argparse.Namespace) -> int:
     parser = args.command_parser
     if args.kvstore or args.sync_bn:
         return run_train_dist(args)
-    from . import train as T
+    from . import training as T
     try:
         ctx = parse_device(args.device)
     except ValueError as err:
@@ -419,7 +421,7 @@ def run_train_dist(args: argparse.Namespace) -> int:
                              f"{need}")
     if args.json and _check_writable(args.json):
         return _fail(parser, _check_writable(args.json))
-    from .train import History
+    from .training import History
     kept = History()                    # rank 0 appends each finished epoch here
     rank = []
 

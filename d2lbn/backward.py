@@ -1,4 +1,4 @@
-"""The backward pass of batch normalization, derived by hand, in float64 NumPy.
+"""The backward pass of batch normalization, derived by hand, in float64 NumPy (ch03).
 
 Teaching code and test oracle for chapter 3. Training mode only (batch statistics), shapes as in
 ``d2lbn.norm``: x: (N, D), statistics over axis 0, or x: (N, C, H, W), statistics over axes

@@ -1,4 +1,4 @@
-"""Argument checks shared by every public function of d2lbn (the one place they live).
+"""Argument checks shared by every public function of d2lbn, the one place they live (every chapter).
 
 ``norm``, ``fast_norm``, ``parallel``, ``classic_bug``, ``train``, ``data`` and the command line
 import from here; this module imports nothing of d2lbn, so the imports run one way.

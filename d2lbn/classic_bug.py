@@ -1,4 +1,4 @@
-"""WRONG ON PURPOSE: the moving-average update of a copied batch-norm tutorial, kept for teaching.
+"""WRONG ON PURPOSE: a copied tutorial's moving-average update, kept for teaching (appendix of classic bugs).
 
 !!! Do not use ``buggy_batch_norm`` in a model you care about. !!!
 

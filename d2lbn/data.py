@@ -1,4 +1,4 @@
-"""Fashion-MNIST: find, verify, (if needed) download, and load the real data set.
+"""Fashion-MNIST: find, verify, download and load it; in-memory arrays and a loader (every chapter).
 
 The four IDX files are looked for, in this order, in
 
@@ -30,7 +30,7 @@ import urllib.request
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mxnet import gluon, nd
@@ -41,7 +41,7 @@ __all__ = [
     "DataFileError", "DataNotFoundError", "FILES", "TEXT_LABELS", "DEFAULT_URL",
     "search_dirs", "find_data_dir", "download_fashion_mnist", "read_idx", "read_fashion_mnist",
     "load_fashion_mnist", "get_fashion_mnist_labels", "TrainBatchSampler", "training_loader",
-    "NUM_CLASSES",
+    "NUM_CLASSES", "fashion_arrays", "ArrayLoader",
 ]
 
 #: Labels are 0..NUM_CLASSES-1.
@@ -438,3 +438,62 @@ def get_fashion_mnist_labels(indices) -> List[str]:
             raise ValueError(f"labels must be integers in 0..9; got {value!r}")
         result.append(TEXT_LABELS[int(value)])
     return result
+
+
+# ---- the data as in-memory arrays, and a loader over them (ch06, ch07, ch08, ch09, ch10) ----------
+
+def fashion_arrays(train_limit: Optional[int] = None, test_limit: Optional[int] = None,
+                   flatten: bool = False, ctx=None
+                   ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Fashion-MNIST as four arrays on ``ctx``: ``(train_X, train_y, test_X, test_y)``.
+
+    X: (n, 1, 28, 28) float32 in [0, 1], or (n, 784) with ``flatten=True``; y: (n,) float32 labels.
+    ``train_limit``/``test_limit`` keep the first n examples of each split (all when None).
+    ``ctx``: an ``mx.Context`` (the CPU when None).
+    """
+    import mxnet as mx
+    ctx = mx.cpu() if ctx is None else ctx
+    (train_X, train_y), (test_X, test_y) = read_fashion_mnist()
+    out = []
+    for images, labels, limit, name in ((train_X, train_y, train_limit, "train_limit"),
+                                        (test_X, test_y, test_limit, "test_limit")):
+        if limit is not None:
+            limit = check_int(name, limit, what="a positive int or None")
+            images, labels = images[:limit], labels[:limit]
+        shape = (len(images), 784) if flatten else (len(images), 1, 28, 28)
+        out.append(nd.array(images.reshape(shape), ctx=ctx, dtype="float32") / 255)
+        out.append(nd.array(labels, ctx=ctx, dtype="float32"))
+    return out[0], out[1], out[2], out[3]
+
+
+class ArrayLoader:
+    """Mini-batches ``(X[i:i+b], y[i:i+b])`` of in-memory arrays, a drop-in for a ``DataLoader``.
+
+    With ``shuffle=True`` each pass draws a new permutation from NumPy's global generator (so
+    ``set_seed`` makes it repeat). ``len()`` is the number of batches; the last one may be smaller,
+    but a shuffled (training) loader drops a last batch of one example, which batch norm in training
+    mode refuses (``d2lbn.data.TrainBatchSampler`` does the same for ``DataLoader``\ s).
+    Much faster than ``gluon.data.DataLoader`` for small batches (one ``take`` per batch).
+    """
+
+    def __init__(self, X: nd.NDArray, y: nd.NDArray, batch_size: int, shuffle: bool = False):
+        batch_size = check_int("batch_size", batch_size)
+        if X.shape[0] != y.shape[0]:
+            raise ValueError(f"X and y must have as many rows; got {X.shape[0]} and {y.shape[0]}")
+        self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.X.shape[0], self.batch_size)
+        return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
+
+    def __iter__(self) -> Iterator[Tuple[nd.NDArray, nd.NDArray]]:
+        n = self.X.shape[0]
+        if self.shuffle:
+            order = nd.array(np.random.permutation(n), ctx=self.X.context)
+            X, y = self.X.take(order), self.y.take(order)
+        else:
+            X, y = self.X, self.y
+        for b in range(len(self)):
+            start, stop = b * self.batch_size, (b + 1) * self.batch_size
+            yield X[start:stop], y[start:stop]
+

@@ -1,4 +1,4 @@
-"""Device (context) selection: run on a GPU when there is one, on the CPU otherwise."""
+"""Device (context) selection: a GPU when there is one, the CPU otherwise (ch04-ch10)."""
 from __future__ import annotations
 
 from typing import List

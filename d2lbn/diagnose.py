@@ -1,4 +1,4 @@
-"""Diagnosing batch norm that misbehaves (chapter "When Batch Norm Misbehaves").
+"""Chapter 10's studies: diagnosing batch norm that misbehaves ("When Batch Norm Misbehaves", ch10).
 
 * :func:`compare_statistics` -- the inference-statistics diagnostic: each batch-norm layer's stored
   moving statistics against the statistics of the inputs that layer receives, in inference mode, on a
@@ -34,10 +34,11 @@ from mxnet import autograd, gluon, nd
 from mxnet.gluon import nn
 
 from .checks import check_int, check_real, check_sgd_momentum
+from .moving_stats import (batch_norm_layers, blocks, imperative, is_batch_norm,
+                           layer_statistics, set_layer_statistics)
 from .repro import set_seed
 
-__all__ = ["is_batch_norm", "leaf_layers", "batch_norm_layers", "moving_statistics",
-           "set_moving_statistics", "channel_moments", "input_statistics", "LayerCheck",
+__all__ = ["leaf_layers", "channel_moments", "input_statistics", "LayerCheck",
            "compare_statistics", "disagreeing_layers", "format_checks", "check_moving_statistics",
            "recompute_statistics", "set_use_global_stats", "FREEZE_SETTINGS", "FreezeRow",
            "freeze_table", "lenet_gluon_bn", "InterleavedLoader",
@@ -50,48 +51,9 @@ Batches = Iterable[Tuple[nd.NDArray, nd.NDArray]]
 
 # ---- finding the layers and their statistics --------------------------------------------------------
 
-def is_batch_norm(block: gluon.Block) -> bool:
-    """True for ``gluon.nn.BatchNorm`` (and subclasses) and ``d2lbn.norm.BatchNorm``."""
-    from .norm import BatchNorm
-    return isinstance(block, (nn.BatchNorm, BatchNorm))
-
-
 def _check_net(net: gluon.Block) -> None:
     if not isinstance(net, gluon.Block):
         raise TypeError(f"net must be a gluon Block, got {type(net).__name__}")
-
-
-def _blocks(net: gluon.Block) -> List[gluon.Block]:
-    """``net`` and every block inside it, each once, depth first in the order they were
-    registered (the insides of a batch-norm layer are not walked)."""
-    seen, found = set(), []
-
-    def walk(block: gluon.Block) -> None:
-        if id(block) in seen:
-            return
-        seen.add(id(block))
-        found.append(block)
-        if not is_batch_norm(block):
-            for child in block._children.values():
-                walk(child)
-    walk(net)
-    return found
-
-
-@contextmanager
-def _imperative(net: gluon.Block) -> Iterator[None]:
-    """Within the block every hybridized block of ``net`` runs imperatively, so that forward
-    hooks of the blocks inside it fire; on exit each is hybridized again with its own flags
-    (``static_alloc`` and the like), its compiled graph kept."""
-    active = [block for block in _blocks(net)
-              if isinstance(block, gluon.HybridBlock) and block._active]
-    for block in active:
-        block._active = False
-    try:
-        yield
-    finally:
-        for block in active:
-            block._active = True
 
 
 def leaf_layers(net: gluon.Block) -> List[gluon.Block]:
@@ -104,43 +66,8 @@ def leaf_layers(net: gluon.Block) -> List[gluon.Block]:
     return [net]
 
 
-def batch_norm_layers(net: gluon.Block) -> List[gluon.Block]:
-    """Every batch-norm layer of ``net`` (see :func:`is_batch_norm`), however deeply nested: the
-    children of every block are walked, depth first in the order they were registered (for a
-    sequential net, the order the data meets them; in a ``d2lbn.resnet.BasicBlock``, ``bn1``,
-    ``bn2``, then the shortcut's ``short_bn``)."""
-    _check_net(net)
-    return [block for block in _blocks(net) if is_batch_norm(block)]
-
-
-def _stat_params(layer: gluon.Block) -> Tuple[gluon.Parameter, gluon.Parameter]:
-    if isinstance(layer, nn.BatchNorm):
-        return layer.running_mean, layer.running_var
-    if is_batch_norm(layer):
-        return layer.moving_mean, layer.moving_var
-    raise TypeError(f"{type(layer).__name__} is not a batch-norm layer")
-
-
 def _eps(layer: gluon.Block) -> float:
     return float(layer._kwargs["eps"]) if isinstance(layer, nn.BatchNorm) else float(layer.eps)
-
-
-def moving_statistics(layer: gluon.Block) -> Tuple[np.ndarray, np.ndarray]:
-    """``(moving_mean, moving_var)`` of a batch-norm layer as float64 NumPy copies, each (C,)."""
-    mean, var = _stat_params(layer)
-    return (mean.data(mean.list_ctx()[0]).asnumpy().astype(np.float64),
-            var.data(var.list_ctx()[0]).asnumpy().astype(np.float64))
-
-
-def set_moving_statistics(layer: gluon.Block, mean, var) -> None:
-    """Store ``mean`` and ``var`` (array-likes of shape (C,)) as the layer's moving statistics, on
-    every context it lives on."""
-    mean_p, var_p = _stat_params(layer)
-    for param, value, name in ((mean_p, mean, "mean"), (var_p, var, "var")):
-        value = np.asarray(value, dtype=np.float64)
-        if value.shape != param.shape:
-            raise ValueError(f"{name} must have shape {param.shape} for {layer.name}; got {value.shape}")
-        param.set_data(nd.array(value, dtype=param.dtype))
 
 
 def channel_moments(X: nd.NDArray) -> Tuple[np.ndarray, np.ndarray]:
@@ -157,7 +84,7 @@ def channel_moments(X: nd.NDArray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _save_moving(layers: Sequence[gluon.Block]):
-    return [moving_statistics(layer) for layer in layers]
+    return [layer_statistics(layer) for layer in layers]
 
 
 def input_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context, training: bool = False,
@@ -225,7 +152,7 @@ def _input_statistics(net, batches, ctx, training, num_batches):
     handles = [layer.register_forward_pre_hook(hook_for(k)) for k, layer in enumerate(bn_layers)]
     used = 0
     try:
-        with _imperative(net), (autograd.train_mode() if training else autograd.predict_mode()):
+        with imperative(net), (autograd.train_mode() if training else autograd.predict_mode()):
             for b, (X, _) in enumerate(batches):
                 if num_batches is not None and b >= num_batches:
                     break
@@ -237,7 +164,7 @@ def _input_statistics(net, batches, ctx, training, num_batches):
         for handle in handles:
             handle.detach()
         for layer, (m, v) in zip(bn_layers, saved):
-            set_moving_statistics(layer, m, v)
+            set_layer_statistics(layer, m, v)
     if not used:
         raise ValueError("batches yielded no batch")
     result = []
@@ -299,7 +226,7 @@ def compare_statistics(net: gluon.Block, X: nd.NDArray,
     observed = input_statistics(net, batches, ctx, training=False)
     checks = []
     for i, (layer, (mean, var)) in enumerate(zip(batch_norm_layers(net), observed)):
-        m_mean, m_var = moving_statistics(layer)
+        m_mean, m_var = layer_statistics(layer)
         eps = _eps(layer)
         finite = bool(np.isfinite(m_mean).all() and np.isfinite(m_var).all())
         with np.errstate(all="ignore"):
@@ -337,7 +264,7 @@ def check_moving_statistics(net: gluon.Block, max_var: float = 1e6) -> List[str]
         raise ValueError(f"max_var must be > 0; got {max_var!r}")
     problems = []
     for layer in batch_norm_layers(net):
-        mean, var = moving_statistics(layer)
+        mean, var = layer_statistics(layer)
         bad_mean = int((~np.isfinite(mean)).sum())
         bad_var = int((~np.isfinite(var)).sum())
         if bad_mean or bad_var:
@@ -361,7 +288,7 @@ def recompute_statistics(net: gluon.Block, batches: Batches, ctx: mx.Context,
     changes. Returns the number of batches used."""
     stats, used = _input_statistics(net, batches, ctx, True, num_batches)
     for layer, (mean, var) in zip(batch_norm_layers(net), stats):
-        set_moving_statistics(layer, mean, var)
+        set_layer_statistics(layer, mean, var)
     return used
 
 
@@ -376,7 +303,7 @@ def set_use_global_stats(net: gluon.Block, flag: bool) -> int:
     layers = [layer for layer in batch_norm_layers(net) if isinstance(layer, nn.BatchNorm)]
     for layer in layers:
         layer._kwargs["use_global_stats"] = flag
-    for block in _blocks(net):
+    for block in blocks(net):
         if isinstance(block, gluon.HybridBlock):
             block._clear_cached_op()
     return len(layers)
@@ -514,7 +441,7 @@ def accumulated_gradient(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, micro_b
             total = flat if total is None else total + flat
     finally:
         for layer, (m, v) in zip(layers, saved):
-            set_moving_statistics(layer, m, v)
+            set_layer_statistics(layer, m, v)
     return total
 
 
@@ -586,7 +513,7 @@ def train_accumulated(net: gluon.Block, train_iter: Batches, micro_batch: int, n
 # ---- 6. changing the weights ----------------------------------------------------------------------------
 
 def _weights(net: gluon.Block) -> List[gluon.Parameter]:
-    return [layer.weight for layer in _blocks(net) if isinstance(layer, (nn.Conv2D, nn.Dense))]
+    return [layer.weight for layer in blocks(net) if isinstance(layer, (nn.Conv2D, nn.Dense))]
 
 
 def prune_by_magnitude(net: gluon.Block, fraction: float) -> int:

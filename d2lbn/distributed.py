@@ -1,5 +1,4 @@
-"""Data-parallel training on several processes through MXNet's parameter server
-(``dist_sync``).
+"""Data-parallel training on several processes through MXNet's parameter server, ``dist_sync`` (ch07, appendix).
 
 Each worker is a process (started by ``python -m d2lbn launch``, see
 :mod:`d2lbn.launch`) with its own copy of the net. The kvstore created by
@@ -386,7 +385,7 @@ def shard(batch: np.ndarray, rank: int, num_workers: int) -> np.ndarray:
 def dist_trainer(nets, kv: mx.kvstore.KVStore, lr: float, momentum: float = 0.0,
                  lr_schedule: Optional[str] = None,
                  num_steps: Optional[int] = None) -> gluon.Trainer:
-    """SGD as ``d2lbn.train.make_trainer`` for the parameters of ``nets`` (a net or a
+    """SGD as ``d2lbn.training.make_trainer`` for the parameters of ``nets`` (a net or a
     list of nets), with gradients summed over the workers through ``kv`` and the update
     done on each worker (``update_on_kvstore=False``: with an optimizer on the servers,
     a pull would return updated "weights" instead of sums, also for the statistics)."""
@@ -454,14 +453,14 @@ def train_dist(norm: str, num_epochs: int, lr: float, batch_size: int, *,
     Trainer averages the gradients over the global batch. norm: ``'local'`` or
     ``'kvstore'`` (:func:`dist_lenet`). Only rank 0 evaluates (on its own copy: with
     ``'local'``, its own moving statistics) and logs. Returns the
-    ``d2lbn.train.History`` on rank 0, None on the others; the training loss and
+    ``d2lbn.training.History`` on rank 0, None on the others; the training loss and
     accuracy in it are over all workers' examples, the throughput is global examples per
     second of training. ``history``: a ``History`` to append the epochs to (the CLI keeps
     it, to save the finished epochs when the job is interrupted); default a new one.
     """
-    from .experiments import ArrayLoader, fashion_arrays
+    from .data import ArrayLoader, fashion_arrays
     from .repro import set_seed
-    from .train import History, accuracy_count, evaluate_accuracy
+    from .training import History, accuracy_count, evaluate_accuracy
     _check_positive("num_epochs", num_epochs)
     _check_positive("batch_size", batch_size)
     if (isinstance(lr, bool) or not isinstance(lr, (int, float))
@@ -669,7 +668,7 @@ def lockstep_data(data: str, n: int) -> Tuple[nd.NDArray, nd.NDArray]:
     ``n`` uniform random images with random labels (``'random'``, seeded); X:
     (n, 1, 28, 28), y: (n,)."""
     if data == "fashion":
-        from .experiments import fashion_arrays
+        from .data import fashion_arrays
         X, y, _, _ = fashion_arrays(n, 1)
         return X, y
     if data == "random":

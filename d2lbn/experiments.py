@@ -1,4 +1,4 @@
-"""Experiments beyond the classic tutorials (chapter "Beyond the Tutorials").
+"""Chapter 6's studies ("Beyond the Tutorials"): Figure 1 of the paper, learning-rate sweeps, batch size, statistics arms (ch06; ch08 reuses Figure 1).
 
 * :func:`figure1_run` -- Ioffe & Szegedy (2015), Figure 1, on Fashion-MNIST: a net of three fully
   connected layers of 100 sigmoid units, batch 60, with and without batch norm; test accuracy and the
@@ -7,35 +7,41 @@
   without batch norm, recording which runs diverge or stall.
 * :func:`batch_size_run` -- the same net at several batch sizes: accuracy in inference mode (moving
   statistics) against training mode (statistics of each test batch), with batch norm or layer norm.
+* :func:`statistics_arms`, :func:`arm_accuracies` -- what separates the moving averages from precise
+  statistics, one factor at a time.
+* :func:`batch_mean_noise`, :func:`relative_updates` -- the noise of a batch's mean; the effective
+  learning rate of a layer followed by batch norm.
 
-Everything runs on one context (a GPU when there is one). Shapes: images ``X: (N, 1, 28, 28)`` for
-LeNet and ``X: (N, 784)`` for the fully connected net, labels ``y: (N,)``.
+The data (``d2lbn.data.fashion_arrays``, ``ArrayLoader``), the moving-statistics tools
+(``d2lbn.moving_stats``) and the seed bookkeeping (``d2lbn.seeds``) live in library modules; this
+module holds the studies only. Everything runs on one context (a GPU when there is one). Shapes:
+images ``X: (N, 1, 28, 28)`` for LeNet and ``X: (N, 784)`` for the fully connected net, labels
+``y: (N,)``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import mxnet as mx
 from mxnet import autograd, gluon, init as mx_init, nd
 from mxnet.gluon import nn
 
-from .checks import check_int, check_momentum
+from .checks import check_int
+from .data import ArrayLoader, fashion_arrays
+from .moving_stats import (LayerMoments, frozen_moving_statistics, moving_statistics,
+                           precise_statistics, remove_initial_values, scratch_norm_layers,
+                           set_moving_statistics, settle_moving_statistics, train_mode_accuracy)
 from .norm import BatchNorm, LayerNorm
-from .train import History, Settings, evaluate_accuracy, lenet_settings, quick_mode
 from .repro import set_seed
+from .training import evaluate_accuracy
 
-__all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statistics",
-           "IMPL", "accuracy", "train_mode_accuracy", "Figure1Result", "figure1_run", "steps_to_accuracy",
+__all__ = ["IMPL", "SigmoidMLP", "Figure1Result", "figure1_run", "steps_to_accuracy",
            "percentile_drift", "lenet_with_norm", "RunResult", "short_run", "sweep", "failures",
-           "BatchSizeResult", "settle_moving_statistics", "batch_size_run", "batch_mean_noise",
-           "study_seeds", "lenet_study_settings", "train_seeds", "seed_summary", "seed_table",
-           "moving_statistics", "set_moving_statistics", "precise_statistics",
-           "relative_updates", "LayerMoments", "layer_batch_moments", "remove_initial_values",
-           "ARMS", "statistics_arms", "arm_accuracies"]
+           "BatchSizeResult", "batch_size_run", "batch_mean_noise", "ARMS", "statistics_arms",
+           "arm_accuracies", "relative_updates"]
 
 
 #: The batch-norm implementation the experiments use: the formula as written (``d2lbn.norm.batch_norm``),
@@ -43,92 +49,7 @@ __all__ = ["fashion_arrays", "ArrayLoader", "SigmoidMLP", "frozen_moving_statist
 IMPL = "naive"
 
 
-# ---- data as arrays --------------------------------------------------------------------------------
-
-def fashion_arrays(train_limit: Optional[int] = None, test_limit: Optional[int] = None,
-                   flatten: bool = False, ctx: mx.Context = mx.cpu()
-                   ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray, nd.NDArray]:
-    """Fashion-MNIST as four arrays on ``ctx``: ``(train_X, train_y, test_X, test_y)``.
-
-    X: (n, 1, 28, 28) float32 in [0, 1], or (n, 784) with ``flatten=True``; y: (n,) float32 labels.
-    ``train_limit``/``test_limit`` keep the first n examples of each split (all when None).
-    """
-    from .data import read_fashion_mnist
-    (train_X, train_y), (test_X, test_y) = read_fashion_mnist()
-    out = []
-    for images, labels, limit, name in ((train_X, train_y, train_limit, "train_limit"),
-                                        (test_X, test_y, test_limit, "test_limit")):
-        if limit is not None:
-            limit = check_int(name, limit, what="a positive int or None")
-            images, labels = images[:limit], labels[:limit]
-        shape = (len(images), 784) if flatten else (len(images), 1, 28, 28)
-        out.append(nd.array(images.reshape(shape), ctx=ctx, dtype="float32") / 255)
-        out.append(nd.array(labels, ctx=ctx, dtype="float32"))
-    return out[0], out[1], out[2], out[3]
-
-
-class ArrayLoader:
-    """Mini-batches ``(X[i:i+b], y[i:i+b])`` of in-memory arrays, a drop-in for a ``DataLoader``.
-
-    With ``shuffle=True`` each pass draws a new permutation from NumPy's global generator (so
-    ``set_seed`` makes it repeat). ``len()`` is the number of batches; the last one may be smaller,
-    but a shuffled (training) loader drops a last batch of one example, which batch norm in training
-    mode refuses (``d2lbn.data.TrainBatchSampler`` does the same for ``DataLoader``\ s).
-    Much faster than ``gluon.data.DataLoader`` for small batches (one ``take`` per batch).
-    """
-
-    def __init__(self, X: nd.NDArray, y: nd.NDArray, batch_size: int, shuffle: bool = False):
-        batch_size = check_int("batch_size", batch_size)
-        if X.shape[0] != y.shape[0]:
-            raise ValueError(f"X and y must have as many rows; got {X.shape[0]} and {y.shape[0]}")
-        self.X, self.y, self.batch_size, self.shuffle = X, y, batch_size, shuffle
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.X.shape[0], self.batch_size)
-        return full + (1 if rest > 1 or (rest == 1 and not self.shuffle) else 0)
-
-    def __iter__(self) -> Iterator[Tuple[nd.NDArray, nd.NDArray]]:
-        n = self.X.shape[0]
-        if self.shuffle:
-            order = nd.array(np.random.permutation(n), ctx=self.X.context)
-            X, y = self.X.take(order), self.y.take(order)
-        else:
-            X, y = self.X, self.y
-        for b in range(len(self)):
-            start, stop = b * self.batch_size, (b + 1) * self.batch_size
-            yield X[start:stop], y[start:stop]
-
-
-# ---- evaluation ------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def frozen_moving_statistics(net: gluon.Block):
-    """Within the block, training-mode forward passes may update the moving statistics (every
-    parameter with ``grad_req='null'``); on exit they are restored to their values on entry."""
-    params = [p for p in net.collect_params().values() if p.grad_req == "null"]
-    saved = [[d.copy() for d in p.list_data()] for p in params]
-    try:
-        yield
-    finally:
-        for p, values in zip(params, saved):
-            for d, v in zip(p.list_data(), values):
-                d[:] = v
-
-
-#: Fraction of correct predictions over a loader, in inference mode (moving statistics): the
-#: training loop's own ``d2lbn.train.evaluate_accuracy``, under the short name these experiments use.
-accuracy = evaluate_accuracy
-
-
-def train_mode_accuracy(net: gluon.Block, loader, ctx: mx.Context) -> float:
-    """Fraction of correct predictions over ``loader`` in *training* mode: each batch is
-    normalised with its own statistics, as during training. The moving statistics are
-    left unchanged."""
-    with frozen_moving_statistics(net), autograd.train_mode():
-        return accuracy(net, loader, ctx)
-
-
-# ---- 1. Figure 1 of the paper --------------------------------------------------------------------------
+# ---- 1. Figure 1 of the paper --------------------------------------------------------------------
 
 class SigmoidMLP(nn.Block):
     """The net of Ioffe & Szegedy (2015), Figure 1: ``num_layers`` fully connected
@@ -238,7 +159,7 @@ def figure1_run(batch_norm: bool, num_steps: int, lr: float = 0.5, batch_size: i
 
     def measure(step: int) -> None:
         result.steps.append(step)
-        result.test_acc.append(accuracy(net, test_loader, ctx))
+        result.test_acc.append(evaluate_accuracy(net, test_loader, ctx))
         Z = net.sigmoid_inputs(probe).asnumpy()
         percentiles.append(np.percentile(Z, [15, 50, 85], axis=0))
         inputs.append(Z[:, record_unit].copy())
@@ -277,7 +198,7 @@ def percentile_drift(result: Figure1Result, start_step: int = 0) -> float:
     return float((p.max(axis=0) - p.min(axis=0)).mean())
 
 
-# ---- 2. learning-rate and initialisation sweeps on LeNet ------------------------------------------------
+# ---- 2. learning-rate and initialisation sweeps on LeNet ------------------------------------------
 
 def lenet_with_norm(norm: Optional[str], activation: str = "relu", impl=None) -> gluon.Block:
     """LeNet (``d2lbn.models``) with ``norm`` after every conv/dense layer but the last, before the
@@ -320,10 +241,10 @@ def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1,
               batch_size: int = 64, sigma: Optional[float] = None, seed: int = 0,
               ctx: mx.Context = mx.cpu()) -> RunResult:
     """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y,
-    test_X, test_y)`` with ``d2lbn.train.train`` (SGD). Weights from N(0, sigma^2) when
+    test_X, test_y)`` with ``d2lbn.training.train`` (SGD). Weights from N(0, sigma^2) when
     ``sigma`` is given, Xavier otherwise. A NaN/inf loss ends the run with
     ``diverged=True``."""
-    from .train import NonFiniteLossError, train
+    from .training import NonFiniteLossError, train
     train_X, train_y, test_X, test_y = data
     net = lenet_with_norm(norm)
     initializer = mx_init.Normal(sigma) if sigma is not None else None
@@ -352,7 +273,7 @@ def failures(results: Sequence[RunResult], below: float = 0.5) -> List[RunResult
     return [r for r in results if r.diverged or r.final_acc < below]
 
 
-# ---- 3. batch size ------------------------------------------------------------------------------------
+# ---- 3. batch size --------------------------------------------------------------------------------
 
 @dataclass
 class BatchSizeResult:
@@ -392,34 +313,6 @@ class BatchSizeResult:
         return self.precise_acc - self.train_mode_acc
 
 
-def _batches(loader, num_batches: int):
-    """Yield the inputs of ``num_batches`` batches of ``loader``, passing over it again as often
-    as needed (an empty loader is a ``ValueError``, not an endless loop)."""
-    done = 0
-    while done < num_batches:
-        before = done
-        for X, _ in loader:
-            yield X
-            done += 1
-            if done == num_batches:
-                return
-        if done == before:
-            raise ValueError("loader yielded no batch")
-
-
-def settle_moving_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context) -> None:
-    """Let the moving statistics catch up with the current weights: ``num_batches`` training-mode
-    forward passes over ``loader``'s batches, no weight update. With momentum 0.9, after 50 batches
-    the statistics from before weigh 0.9**50 < 0.01. (For layers that update their moving
-    statistics in the forward pass, as ``d2lbn.norm.BatchNorm`` does.) This is itself a moving
-    average, dominated by the last few dozen batches; :func:`precise_statistics` is the
-    equal-weight alternative."""
-    num_batches = check_int("num_batches", num_batches, minimum=0)
-    with autograd.train_mode():
-        for X in _batches(loader, num_batches):
-            net(X.as_in_context(ctx))
-
-
 def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per_64: float = 0.1,
                    precise_batches: Optional[int] = None, seed: int = 0,
                    ctx: mx.Context = mx.cpu()) -> BatchSizeResult:
@@ -430,7 +323,7 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
     the same size: in inference mode with the moving averages, in inference mode with precise
     statistics over ``precise_batches`` training batches (default: one pass over the training
     arrays), and in training mode. For layer norm all three coincide by construction."""
-    from .train import train
+    from .training import train
     batch_size = check_int("batch_size", batch_size)
     num_epochs = check_int("num_epochs", num_epochs)
     if precise_batches is not None:
@@ -443,17 +336,17 @@ def batch_size_run(norm: str, batch_size: int, data, num_epochs: int = 2, lr_per
     history = train(net, train_loader, ArrayLoader(test_X, test_y, 1000), num_epochs, lr, ctx,
                     seed=seed, progress=False, plot=False, log=lambda line: None)
     test_loader = ArrayLoader(test_X, test_y, batch_size)
-    moving_acc = accuracy(net, test_loader, ctx)
+    moving_acc = evaluate_accuracy(net, test_loader, ctx)
     ratios: List[float] = []
     moving: List[Tuple[np.ndarray, np.ndarray]] = []
-    if _norm_layers(net):
+    if scratch_norm_layers(net):
         moving = moving_statistics(net)
         precise = precise_statistics(net, train_loader, precise_batches or len(train_loader), ctx)
         ratios = [float((m[1] / p[1]).mean()) for m, p in zip(moving, precise)]
         set_moving_statistics(net, precise)
     return BatchSizeResult(norm, batch_size, lr, num_epochs * len(train_loader),
                            history.loss[-1], history.train_acc[-1], moving_acc,
-                           accuracy(net, test_loader, ctx),
+                           evaluate_accuracy(net, test_loader, ctx),
                            train_mode_accuracy(net, test_loader, ctx), ratios, moving, net)
 
 
@@ -474,177 +367,7 @@ def batch_mean_noise(X: nd.NDArray, batch_size: int,
     return float(means.std(axis=0).mean()), float(predicted.mean())
 
 
-# ---- 4. precise statistics (Wu & Johnson, 2021) ----------------------------------------------------
-
-def _norm_layers(net: gluon.Block) -> List[gluon.Block]:
-    """The layers of ``net`` that keep moving statistics in their forward pass (``d2lbn.norm.BatchNorm``),
-    in the order of ``net.collect_params()``."""
-    layers, seen = [], set()
-    stack = [net]
-    while stack:
-        block = stack.pop(0)
-        if isinstance(block, BatchNorm) and id(block) not in seen:
-            layers.append(block)
-            seen.add(id(block))
-        stack.extend(block._children.values())
-    return layers
-
-
-def moving_statistics(net: gluon.Block) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """``(moving_mean, moving_var)`` of every ``d2lbn.norm.BatchNorm`` layer of ``net``, as float64
-    NumPy arrays of shape (C,), in the order of the layers."""
-    return [(layer.moving_mean.data().asnumpy().astype(np.float64),
-             layer.moving_var.data().asnumpy().astype(np.float64)) for layer in _norm_layers(net)]
-
-
-def set_moving_statistics(net: gluon.Block, stats: Sequence[Tuple[np.ndarray, np.ndarray]]) -> None:
-    """Store ``stats`` (as returned by :func:`moving_statistics`) as the moving statistics of
-    ``net``'s batch-norm layers, on every context the layers live on."""
-    layers = _norm_layers(net)
-    if len(stats) != len(layers):
-        raise ValueError(f"stats must hold one (mean, var) pair per batch-norm layer ({len(layers)}); "
-                         f"got {len(stats)}")
-    for layer, (mean, var) in zip(layers, stats):
-        for param, value in ((layer.moving_mean, mean), (layer.moving_var, var)):
-            if np.shape(value) != param.shape:
-                raise ValueError(f"stats for {layer.name} must have shape {param.shape}; "
-                                 f"got {np.shape(value)}")
-            param.set_data(nd.array(value, dtype="float32"))
-
-
-def precise_statistics(net: gluon.Block, loader, num_batches: int, ctx: mx.Context
-                       ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Precise batch norm (Wu & Johnson, 2021): population statistics of every
-    batch-norm layer as the *equal-weight* average over ``num_batches`` training batches
-    of ``loader`` (passing over it again if it has fewer), with the weights fixed and
-    every layer in training mode:
-
-    ``mean = E[mu_B]``, ``var = E[sigma2_B + mu_B**2] - mean**2``,
-
-    where mu_B and sigma2_B (biased) are a batch's statistics at the layer's input. For
-    batches of equal size this is the mean and biased variance of all their values
-    pooled. Returns one ``(mean, var)`` pair of float64 arrays (C,) per layer (as
-    :func:`moving_statistics`); the net, its moving statistics included, is left
-    unchanged (store the result with :func:`set_moving_statistics`). Works for
-    ``d2lbn.norm.BatchNorm`` layers (statistics read with momentum set to 0 for each
-    batch)."""
-    num_batches = check_int("num_batches", num_batches)
-    layers = _norm_layers(net)
-    if not layers:
-        raise ValueError("net has no d2lbn.norm.BatchNorm layer to take statistics of")
-    sums = [[0.0, 0.0] for _ in layers]
-    momenta = [layer.momentum for layer in layers]
-    done = 0
-    try:
-        for layer in layers:
-            layer.momentum = 0.0          # the moving statistics become the batch's own
-        with frozen_moving_statistics(net), autograd.train_mode():
-            for X in _batches(loader, num_batches):
-                net(X.as_in_context(ctx))
-                for acc, (mean, var) in zip(sums, moving_statistics(net)):
-                    acc[0] = acc[0] + mean
-                    acc[1] = acc[1] + var + mean ** 2
-                done += 1
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-    stats = []
-    for first, second in sums:
-        mean = first / done
-        stats.append((mean, np.maximum(second / done - mean ** 2, 0.0)))
-    return stats
-
-
-# ---- 4b. what the moving averages miss: one factor at a time -------------------------
-
-@dataclass
-class LayerMoments:
-    """Batch statistics of one batch-norm layer's input, averaged with equal weights
-    over batches, as float64 arrays (C,): ``mean`` = E[mu_B]; ``batch_var`` =
-    E[sigma2_B], the average of each batch's biased variance (what a moving average of
-    the batch variances estimates); ``pooled_var`` = E[sigma2_B + mu_B**2] -
-    E[mu_B]**2, the precise variance (:func:`precise_statistics`). ``values``: the
-    values per channel in one batch of the loader (N, or N*H*W for images)."""
-    mean: np.ndarray
-    batch_var: np.ndarray
-    pooled_var: np.ndarray
-    values: int
-
-    @property
-    def within_share(self) -> np.ndarray:
-        """batch_var / pooled_var per channel: the share of the variance that lies
-        within a batch (1 where the pooled variance is 0). For N independent values
-        per channel it is (N - 1) / N on average."""
-        return np.divide(self.batch_var, self.pooled_var,
-                         out=np.ones_like(self.batch_var), where=self.pooled_var > 0)
-
-
-def layer_batch_moments(net: gluon.Block, loader, num_batches: int, ctx: mx.Context,
-                        training: bool = True) -> List[LayerMoments]:
-    """:class:`LayerMoments` of every ``d2lbn.norm.BatchNorm`` layer's input over
-    ``num_batches`` batches of ``loader`` (passing over it again if it has fewer), with
-    the weights fixed. The inputs are read by a forward pre-hook, in float64.
-
-    ``training=True``: every layer in training mode, as during training (each batch
-    normalised with its own statistics, so the examples of a batch depend on each other
-    at every layer after the first); the moving statistics are left unchanged.
-    ``training=False``: the net in inference mode (every example normalised with the
-    stored statistics, alone), so the examples of a batch stay independent.
-    Batches are weighted equally (exact for batches of equal size)."""
-    num_batches = check_int("num_batches", num_batches)
-    layers = _norm_layers(net)
-    if not layers:
-        raise ValueError("net has no d2lbn.norm.BatchNorm layer to take statistics of")
-    sums = [{"mean": 0.0, "var": 0.0, "square": 0.0, "values": 0} for _ in layers]
-
-    def make_hook(acc):
-        def hook(block, inputs):
-            X = inputs[0].asnumpy().astype(np.float64)
-            axes = (0,) if X.ndim == 2 else (0, 2, 3)
-            mean = X.mean(axis=axes)
-            acc["mean"] = acc["mean"] + mean
-            acc["var"] = acc["var"] + X.var(axis=axes)
-            acc["square"] = acc["square"] + mean ** 2
-            acc["values"] = acc["values"] or X.size // X.shape[1]
-        return hook
-
-    handles = [layer.register_forward_pre_hook(make_hook(acc))
-               for layer, acc in zip(layers, sums)]
-    mode = autograd.train_mode() if training else autograd.predict_mode()
-    try:
-        with frozen_moving_statistics(net), mode:
-            for X in _batches(loader, num_batches):
-                net(X.as_in_context(ctx))
-    finally:
-        for handle in handles:
-            handle.detach()
-    out = []
-    for acc in sums:
-        mean, batch_var = acc["mean"] / num_batches, acc["var"] / num_batches
-        pooled = np.maximum(batch_var + acc["square"] / num_batches - mean ** 2, 0.0)
-        out.append(LayerMoments(mean, batch_var, pooled, acc["values"]))
-    return out
-
-
-def remove_initial_values(stats: Sequence[Tuple[np.ndarray, np.ndarray]],
-                          num_updates: int, momentum: float = 0.9,
-                          initial: Tuple[float, float] = (0.0, 1.0)
-                          ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Moving statistics without the weight their initial values still carry.
-
-    After t updates ``moving = momentum * moving + (1 - momentum) * batch`` from
-    ``initial`` (mean 0, variance 1, as ``d2lbn.norm.BatchNorm`` starts),
-    ``m_t = momentum**t * initial + (1 - momentum) * sum_k momentum**(t - k) x_k``: the
-    batches' weights sum to 1 - momentum**t. This returns
-    ``(m_t - momentum**t * initial) / (1 - momentum**t)`` for every (mean, var) pair,
-    the same exponential weighting of the batches alone (Adam's bias correction)."""
-    num_updates = check_int("num_updates", num_updates)
-    check_momentum(momentum)
-    left = float(momentum) ** num_updates
-    return [((np.asarray(mean, np.float64) - left * initial[0]) / (1 - left),
-             (np.asarray(var, np.float64) - left * initial[1]) / (1 - left))
-            for mean, var in stats]
-
+# ---- 4. what the moving averages miss: one factor at a time ---------------------------------------
 
 #: The statistics :func:`statistics_arms` builds, each one factor away from another.
 ARMS = ("moving", "moving, unbiased", "initial values removed",
@@ -674,7 +397,7 @@ def statistics_arms(net: gluon.Block, moving: Sequence[Tuple[np.ndarray, np.ndar
     ``loader``. The net's moving statistics are restored on exit."""
     num_updates = check_int("num_updates", num_updates)
     max_batches = check_int("max_batches", max_batches)
-    layers = _norm_layers(net)
+    layers = scratch_norm_layers(net)
     if not (len(moving) == len(moments) == len(layers)):
         raise ValueError(f"moving and moments must hold one entry per batch-norm layer "
                          f"({len(layers)}); got {len(moving)} and {len(moments)}")
@@ -715,13 +438,13 @@ def arm_accuracies(net: gluon.Block,
     try:
         for name, stats in arms.items():
             set_moving_statistics(net, stats)
-            out[name] = accuracy(net, loader, ctx)
+            out[name] = evaluate_accuracy(net, loader, ctx)
     finally:
         set_moving_statistics(net, saved)
     return out
 
 
-# ---- 5. the effective learning rate of a layer followed by batch norm -------------------------------
+# ---- 5. the effective learning rate of a layer followed by batch norm ----------------------------
 
 def relative_updates(net: gluon.Block, X: nd.NDArray, y: nd.NDArray,
                      lr: float) -> List[float]:
@@ -751,78 +474,3 @@ def relative_updates(net: gluon.Block, X: nd.NDArray, y: nd.NDArray,
         out.append(float(lr * np.linalg.norm(g) / np.linalg.norm(w)))
     return out
 
-
-# ---- 6. seeds: every comparison over several, with its spread -------------------------------------
-
-def study_seeds(quick: Optional[bool] = None) -> Tuple[int, ...]:
-    """The seeds a comparison runs over: (0, 1, 2) in the full run, (0,) with ``D2LBN_QUICK=1``
-    (``quick=None`` reads the environment, see ``d2lbn.train.quick_mode``)."""
-    if quick is None:
-        quick = quick_mode()
-    return (0,) if quick else (0, 1, 2)
-
-
-def lenet_study_settings(quick: Optional[bool] = None) -> Settings:
-    """The LeNet comparison of the LeNet and Gluon chapters, run once per seed of
-    :func:`study_seeds`.
-
-    Quick: ``d2lbn.train.lenet_settings(quick=True)`` unchanged (2 epochs, 10,000
-    training images). Full: the recipe of ``lenet_settings()`` (all 60,000 training
-    images, batch 128, SGD with momentum 0.9, learning rate 0.05 along a half cosine to
-    0) for 3 epochs instead of 10, so that three seeds of two nets fit in the time of
-    two ten-epoch runs; the final test accuracy must reach 0.88 (batch-norm LeNet, every
-    seed)."""
-    import dataclasses
-    if quick is None:
-        quick = quick_mode()
-    if quick:
-        return lenet_settings(quick=True)
-    return dataclasses.replace(lenet_settings(quick=False), num_epochs=3,
-                               min_test_acc=0.88)
-
-
-def train_seeds(make_net, seeds: Sequence[int], settings: Settings, train_iter, test_iter,
-                ctx: mx.Context, log=print) -> List[History]:
-    """Train a fresh ``make_net()`` once per seed with ``settings`` (``d2lbn.train.train``: the seed
-    fixes the initial weights and the order of the batches); return the histories in seed order.
-    One line per seed goes to ``log``; no seeds, no runs."""
-    from .train import train
-    histories = []
-    for seed in seeds:
-        history = train(make_net(), train_iter, test_iter, settings.num_epochs, settings.lr, ctx,
-                        seed=seed, momentum=settings.momentum, lr_schedule=settings.lr_schedule,
-                        progress=False, plot=False, log=lambda line: None)
-        histories.append(history)
-        log(f"seed {seed}: test accuracy " + " ".join(f"{a:.4f}" for a in history.test_acc)
-            + f" ({sum(history.seconds):.0f} s)")
-    return histories
-
-
-def seed_summary(values: Sequence[float]) -> Dict[str, float]:
-    """``{'mean', 'std', 'min', 'max'}`` of one measurement over seeds (population std, 0 for one
-    seed). Refuses an empty sequence and non-finite values."""
-    v = np.asarray(list(values), dtype=np.float64)
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"values must be a non-empty 1-D sequence; got shape {v.shape}")
-    if not np.all(np.isfinite(v)):
-        raise ValueError(f"values must be finite; got {v.tolist()}")
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
-
-
-def seed_table(columns: Dict[str, Sequence[float]], seeds: Sequence[int], fmt: str = ".4f") -> str:
-    """A text table with one row per seed and one column per measurement, then the mean, std, min
-    and max of every column over the seeds (:func:`seed_summary`)."""
-    if not columns:
-        raise ValueError("columns must name at least one measurement")
-    for name, values in columns.items():
-        if len(values) != len(seeds):
-            raise ValueError(f"column {name!r} has {len(values)} values for {len(seeds)} seeds")
-    width = max(10, *(len(name) for name in columns))
-    lines = [f"{'seed':>6} " + " ".join(f"{name:>{width}}" for name in columns)]
-    for i, seed in enumerate(seeds):
-        lines.append(f"{seed:>6} " + " ".join(f"{values[i]:>{width}{fmt}}"
-                                              for values in columns.values()))
-    summaries = [seed_summary(values) for values in columns.values()]
-    for stat in ("mean", "std", "min", "max"):
-        lines.append(f"{stat:>6} " + " ".join(f"{s[stat]:>{width}{fmt}}" for s in summaries))
-    return "\n".join(lines)

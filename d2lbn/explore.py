@@ -1,4 +1,4 @@
-"""Interactive explorers for the rendered book: numbers from d2lbn, drawn by Plotly in the browser.
+"""Interactive explorers for the rendered book: numbers from d2lbn, drawn by Plotly (ch01, ch02, ch06, ch08).
 
 An explorer is a Plotly figure, a few controls (sliders, a choice) and, for *every* setting of the
 controls, the data its traces show and a line of text (the readout). All of it is computed here, in

@@ -1,5 +1,4 @@
-"""A from-scratch batch norm as fast as MXNet's own: the derived backward, and
-reductions done fast.
+"""A from-scratch batch norm as fast as MXNet's own: derived backward, fast reductions (ch02-ch05, appendix).
 
 ``fast_batch_norm`` has the signature and the results of ``d2lbn.norm.batch_norm``; only
 the way it computes differs. Three changes make it fast (an appendix measures them):

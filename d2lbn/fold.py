@@ -1,4 +1,4 @@
-"""Folding inference-mode batch norm into the preceding dense or convolutional layer.
+"""Folding inference-mode batch norm into the preceding dense or convolutional layer (ch02).
 
 At inference batch norm uses fixed statistics, so per output channel ``c`` it is the affine map
 

@@ -1,4 +1,4 @@
-"""Batch norm as one compiled MXNet graph: the fast path for small inputs.
+"""Batch norm as one compiled MXNet graph: the fast path for small inputs (ch03, ch04, appendix).
 
 On a small input, such as a (256, 128) batch of a dense layer, MXNet's time goes to
 dispatching operators, not to arithmetic: every imperative operator costs tens of

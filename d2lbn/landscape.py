@@ -1,5 +1,4 @@
-"""Why does batch norm help? The measurements of the chapter "Why Does Batch
-Normalization Help?".
+"""Chapter 8's studies: the measurements of "Why Does Batch Normalization Help?" (ch08).
 
 Two explanations are put to the test on Fashion-MNIST:
 
@@ -292,7 +291,7 @@ def loss_and_grads(net: gluon.Block, loss_fn, X: nd.NDArray, y: nd.NDArray,
     gradient with respect to each of ``params`` (default: :func:`trainable_params`; zero
     for a parameter the loss does not depend on). Batch norm's moving statistics are
     left as they were."""
-    from .experiments import frozen_moving_statistics
+    from .moving_stats import frozen_moving_statistics
     params = trainable_params(net) if params is None else list(params)
     for p in params:        # a parameter the loss does not reach: no stale gradient
         p.zero_grad()
@@ -324,7 +323,7 @@ def activation_inputs(net: gluon.Block, X: nd.NDArray, index: int) -> nd.NDArray
     (0-based), as during training (batch statistics, and fresh noise in a noisy net),
     without changing the moving statistics. X: (N, 1, 28, 28) -> (N, C, H, W) or
     (N, D)."""
-    from .experiments import frozen_moving_statistics
+    from .moving_stats import frozen_moving_statistics
     children = list(net._children.values())
     acts = [i for i, c in enumerate(children) if isinstance(c, nn.Activation)]
     what = f"an int in [0, {len(acts)}) (the net has {len(acts)} activations)"
@@ -528,7 +527,7 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
     """Train :func:`make_net(kind) <make_net>` with plain SGD (rate ``lr``, mini-batches
     of ``batch_size`` drawn at random with replacement) for ``num_steps`` steps on
     ``data = (train_X, train_y, test_X, test_y)``
-    (``d2lbn.experiments.fashion_arrays``).
+    (``d2lbn.data.fashion_arrays``).
 
     Every ``measure_every`` steps (and at 0, and at the end): test accuracy on the first
     ``test_limit`` test images; the percentiles of the input of activation
@@ -538,10 +537,11 @@ def why_run(kind: str, data, num_steps: int, lr: float, batch_size: int = 128,
     :func:`probe_gradient_direction` with ``step_sizes``.
 
     A diverging run (``lr`` too large) raises ``FloatingPointError`` naming the step and
-    the learning rate, as ``d2lbn.train`` does: at the first non-finite training loss
+    the learning rate, as ``d2lbn.training`` does: at the first non-finite training loss
     (before its update), or at the first checkpoint whose measurements are not finite.
     """
-    from .experiments import ArrayLoader, accuracy
+    from .data import ArrayLoader
+    from .training import evaluate_accuracy as accuracy
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}; "
                          f"got {kind!r}")

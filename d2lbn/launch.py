@@ -1,4 +1,4 @@
-"""Start MXNet's parameter server here: scheduler, servers, workers as child processes.
+"""Start MXNet's parameter server here: scheduler, servers, workers as child processes (ch07, appendix).
 
 ``python -m d2lbn launch -n 2 [-s 1] -- python -m d2lbn train --kvstore dist_sync ...``
 does what MXNet's ``tools/launch.py --launcher local`` does, with the care a book's test

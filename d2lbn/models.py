@@ -1,4 +1,4 @@
-"""The networks of the LeNet chapters: LeNet with and without batch normalization.
+"""The networks of the LeNet chapters: LeNet with and without batch normalization (ch01, ch03-ch10).
 
 All nets take Fashion-MNIST batches ``X: (N, 1, 28, 28)`` and return class scores ``(N, 10)``.
 Layer by layer (the batch-norm layers are absent from plain ``lenet``):

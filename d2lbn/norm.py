@@ -1,4 +1,4 @@
-"""Batch normalization from scratch.
+"""Batch normalization (and layer norm) from scratch: the functions and the Gluon layers (every chapter).
 
 Shapes used throughout:
 

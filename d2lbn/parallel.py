@@ -1,4 +1,4 @@
-"""Batch norm across devices: data parallelism with per-device or synchronised batch statistics.
+"""Batch norm across devices: data parallelism with per-device or synchronised statistics (ch07, ch10).
 
 In data-parallel training each device (``ctx``) receives a slice of the mini-batch and runs the same
 net on it. An ordinary batch-norm layer then normalises every slice with *that slice's* statistics.

@@ -1,4 +1,4 @@
-"""Which code a batch-norm call ran: a counter the book's cells assert on.
+"""Which code a batch-norm call ran: a counter the book's cells assert on (ch02-ch06, ch10, appendix).
 
 ``d2lbn``'s batch norm has several implementations behind one signature (chapter 2's
 ``batch_norm``, and the fast layer's compiled graph, closed-form ``Function`` and

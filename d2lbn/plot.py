@@ -1,4 +1,4 @@
-"""Plotting helpers (matplotlib)."""
+"""Plotting helpers, matplotlib (ch01, ch04, ch05, ch06, ch08, ch09)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple

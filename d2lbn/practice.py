@@ -1,5 +1,4 @@
-"""Using batch norm well: the helpers of the chapter on placement, dropout, weight
-decay, residual nets, fine-tuning and distribution shift.
+"""Chapter 9's studies: placement, dropout, weight decay, residual nets, fine-tuning, shift (ch09).
 
 * :func:`lenet_variant` -- LeNet with Gluon's batch norm before or after each ReLU,
   optionally with one dropout layer in front of a batch-norm layer or behind the last
@@ -9,7 +8,7 @@ decay, residual nets, fine-tuning and distribution shift.
 * :func:`layer_input_stats`, :func:`variance_shift`, :func:`recalibrate_bn` (AdaBN) --
   the statistics a batch-norm layer stores against those it meets at inference;
 * :func:`invert`, :func:`brightness_contrast` -- shifted copies of images in [0, 1];
-* :func:`copy_params`, :func:`seed_summary`.
+* :func:`copy_params`.
 
 Shapes: images ``X: (N, 1, 28, 28)`` float32 in [0, 1], labels ``y: (N,)``; nets map X
 to (N, 10).
@@ -28,12 +27,13 @@ from mxnet.gluon import nn
 from mxnet.lr_scheduler import CosineScheduler
 
 from .checks import check_int, check_real, check_sgd_momentum
+from .moving_stats import batch_norm_layers, imperative, statistic_params
 from .repro import set_seed
 
-__all__ = ["PLACEMENTS", "DROPOUT_SITES", "lenet_variant", "bn_layers", "copy_params",
+__all__ = ["PLACEMENTS", "DROPOUT_SITES", "lenet_variant", "copy_params",
            "layer_input_stats", "variance_shift", "recalibrate_bn", "effective_lr",
            "spare_norm_params", "FitResult", "fit", "evaluate", "invert",
-           "brightness_contrast", "seed_summary", "plot_band"]
+           "brightness_contrast", "plot_band"]
 
 #: Where batch norm goes relative to the activation: ``'before'`` (conv -> BN -> ReLU,
 #: the paper) or ``'after'`` (conv -> ReLU -> BN).
@@ -96,31 +96,6 @@ def lenet_variant(placement: str = "before", dropout: float = 0.0,
         net.add(nn.Dropout(dropout))
     net.add(nn.Dense(10))
     return net
-
-
-def bn_layers(net: gluon.Block) -> List[gluon.Block]:
-    """Every batch-norm layer of ``net`` (Gluon's or ``d2lbn.norm.BatchNorm``), depth
-    first, in the order they were added (which is the order the data meets them in a
-    sequential net)."""
-    from .norm import BatchNorm
-    found: List[gluon.Block] = []
-
-    def walk(block: gluon.Block) -> None:
-        for child in block._children.values():
-            if isinstance(child, (nn.BatchNorm, BatchNorm)):
-                found.append(child)
-            else:
-                walk(child)
-    walk(net)
-    return found
-
-
-def _moving(layer: gluon.Block) -> Tuple[gluon.Parameter, gluon.Parameter]:
-    """(moving mean, moving variance) parameters of a Gluon or from-scratch batch-norm
-    layer."""
-    if isinstance(layer, nn.BatchNorm):
-        return layer.running_mean, layer.running_var
-    return layer.moving_mean, layer.moving_var
 
 
 def copy_params(src: gluon.Block, dst: gluon.Block) -> None:
@@ -210,12 +185,11 @@ def _layer_input_stats(net: gluon.Block, X: nd.NDArray, layers: Sequence[gluon.B
             sums[i][2] += z.size // z.shape[1]
         return hook
 
-    from .diagnose import _imperative      # hooks fire: hybridized blocks run imperatively
     handles = [layer.register_forward_pre_hook(hook_for(i))
                for i, layer in enumerate(layers)]
     try:
         ctx = _context(net)
-        with _imperative(net), autograd.predict_mode():
+        with imperative(net), autograd.predict_mode():
             for b, Xb in enumerate(_batches(X, batch_size)):
                 current[0] = b
                 net(Xb.as_in_context(ctx))
@@ -243,7 +217,7 @@ def variance_shift(net: gluon.Block, X: nd.NDArray, layer: gluon.Block,
     off, moving statistics). 1 means no shift; Li et al. (2019) call a ratio above 1 the
     *variance shift*."""
     (_, var), = layer_input_stats(net, X, [layer], batch_size)
-    stored = _moving(layer)[1].data().asnumpy().astype(np.float64)
+    stored = statistic_params(layer)[1].data().asnumpy().astype(np.float64)
     return stored / var
 
 
@@ -259,20 +233,20 @@ def recalibrate_bn(net: gluon.Block, X: nd.NDArray, batch_size: int = 500) -> in
     batch, raised before any statistic changes (or after restoring them all).
     """
     batch_size = check_int("batch_size", batch_size)
-    layers = bn_layers(net)
+    layers = batch_norm_layers(net)
     if not layers:
         raise ValueError("net has no batch-norm layers to recalibrate (AdaBN needs "
                          "gluon.nn.BatchNorm or d2lbn.norm.BatchNorm layers)")
     _check_finite_batches(X, batch_size)
-    saved = [[p.data().copy() for p in _moving(layer)] for layer in layers]
+    saved = [[p.data().copy() for p in statistic_params(layer)] for layer in layers]
     try:
         for i, layer in enumerate(layers):
             (mean, var), = _layer_input_stats(net, X, [layer], batch_size, [i])
-            for param, value in zip(_moving(layer), (mean, var)):
+            for param, value in zip(statistic_params(layer), (mean, var)):
                 param.set_data(nd.array(value, dtype=param.dtype))
     except BaseException:          # no layer keeps statistics of an aborted pass
         for layer, values in zip(layers, saved):
-            for param, value in zip(_moving(layer), values):
+            for param, value in zip(statistic_params(layer), values):
                 param.set_data(value)
         raise
     return len(layers)
@@ -305,7 +279,7 @@ def spare_norm_params(net: gluon.Block, decay: bool) -> None:
     """Set ``wd_mult`` of every batch-norm gamma and beta of ``net`` to 1
     (``decay=True``) or to 0 (no weight decay on them, the common practice); other
     parameters keep theirs."""
-    for layer in bn_layers(net):
+    for layer in batch_norm_layers(net):
         for p in (layer.gamma, layer.beta):
             p.wd_mult = 1.0 if decay else 0.0
 
@@ -358,7 +332,7 @@ def fit(net: gluon.Block, data, num_epochs: int, lr: float,
     it constant. ``trace``: ``{name: parameter}`` whose norms are recorded every
     ``trace_every`` steps. Raises ``FloatingPointError`` on a NaN/inf loss.
     """
-    from .experiments import ArrayLoader
+    from .data import ArrayLoader
     num_epochs = check_int("num_epochs", num_epochs)
     batch_size = check_int("batch_size", batch_size)
     trace_every = check_int("trace_every", trace_every)
@@ -444,23 +418,6 @@ def brightness_contrast(X: nd.NDArray, brightness: float = 0.0,
 
 
 # ---- reporting over seeds ------------------------------------------------------------
-
-def seed_summary(values: Dict[str, Sequence[float]], fmt: str = ".4f") -> str:
-    """A table with one row per setting: the value of each seed, the mean, and min-max.
-    ``values``: ``{setting: [value for each seed]}``."""
-    if not values:
-        raise ValueError("values must name at least one setting")
-    width = max(8, *(len(k) for k in values))
-    n = max(len(v) for v in values.values())
-    head = f"{'':<{width}} " + " ".join(f"{'seed ' + str(i):>8}" for i in range(n))
-    rows = [head + f" {'mean':>8} {'min-max':>17}"]
-    for name, vals in values.items():
-        vals = list(vals)
-        cells = " ".join(f"{v:>8{fmt}}" for v in vals) + " " * 9 * (n - len(vals))
-        rows.append(f"{name:<{width}} {cells} {np.mean(vals):>8{fmt}} "
-                    f"{min(vals):>8{fmt}}-{max(vals):<8{fmt}}")
-    return "\n".join(rows)
-
 
 def plot_band(ax, x: Sequence[float], runs: Sequence[Sequence[float]], label: str,
               **kwargs):

@@ -1,4 +1,4 @@
-"""Reproducibility: one call seeds every random number generator the book uses."""
+"""Reproducibility: one call seeds every random number generator the book uses (every chapter)."""
 from __future__ import annotations
 
 import random

@@ -1,5 +1,4 @@
-"""A small residual network with batch normalization, for Fashion-MNIST (chapter
-"Using Batch Norm Well").
+"""A small residual network with batch normalization for Fashion-MNIST ("Using Batch Norm Well", ch09).
 
 ``X: (N, 1, 28, 28)`` -> scores ``(N, 10)``. Layout, for ``widths=(c1, c2, c3)`` and
 ``blocks_per_stage=b``:

@@ -1,4 +1,4 @@
-"""Timing and profiling helpers for chapter 3 and ``benchmarks/bench_norm.py``.
+"""Timing and profiling helpers (ch04, ch05, the fast-MXNet appendix, ``benchmarks/bench_norm.py``).
 
 MXNet runs operators asynchronously: a Python call only *queues* work. Every timing here therefore
 ends with ``nd.waitall()``, and competing implementations are timed *interleaved* (A, B, A, B, ...)
@@ -53,7 +53,7 @@ def paired_rounds(fns: Dict[str, Callable[[], object]], rounds: int = 5, reps: i
     Every round times all of ``fns`` in one rotation (:func:`interleaved_ms`, ``reps``
     measurements each, ``warmup`` calls before the first round only). The i-th entries of the
     returned lists were measured in the same round, under the same load, so they pair: compare
-    two candidates round by round (``d2lbn.verdict.compare_seeds(a, b, ...,
+    two candidates round by round (``d2lbn.seeds.compare_seeds(a, b, ...,
     higher_is_better=False)``, the rounds standing in for seeds), not by their ratios to a
     third function timed in other rotations.
     """
@@ -303,7 +303,7 @@ def train_epoch_seconds(net: gluon.Block, train_iter, lr: float = 0.05, momentum
     that reports it does, and the time ends after ``nd.waitall()``. ``max_batches`` cuts the epoch
     short (for quick runs).
     """
-    from .train import make_trainer
+    from .training import make_trainer
     ctx = ctx or mx.cpu()
     trainer = make_trainer(net, lr, momentum)
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
@@ -325,10 +325,10 @@ def train_epoch_seconds(net: gluon.Block, train_iter, lr: float = 0.05, momentum
 def training_step(net: gluon.Block, X: nd.NDArray, y: nd.NDArray, lr: float = 0.05,
                   momentum: float = 0.9) -> Callable[[], None]:
     """One training step of ``net`` on the batch (X, y): forward pass, softmax cross-entropy
-    loss, backward pass and an SGD step (``d2lbn.train.make_trainer``), as in
+    loss, backward pass and an SGD step (``d2lbn.training.make_trainer``), as in
     :func:`train_epoch_seconds` but without the data loading. ``net`` must be initialised on
     X's device. Time the returned function with :func:`interleaved_ms` (which waits for it)."""
-    from .train import make_trainer
+    from .training import make_trainer
     trainer = make_trainer(net, lr, momentum)
     loss = gluon.loss.SoftmaxCrossEntropyLoss()
 

@@ -3,7 +3,7 @@
 "Batch norm helps", "AdaBN beats fine-tuning", "the bias matters at inference": a sentence
 that says one method is better than another reports an experiment, and with three seeds the
 author's eye is not a reliable judge of which differences are real. The book's rule is that
-such a verdict is computed by ``d2lbn.verdict.compare_seeds`` and pasted with glue, under a
+such a verdict is computed by ``d2lbn.seeds.compare_seeds`` and pasted with glue, under a
 key that ends in ``_verdict`` (`` {glue:text}`ch09_dark_verdict` ``).
 
 This module flags every sentence of a markdown cell that holds a comparative word

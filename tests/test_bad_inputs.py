@@ -9,7 +9,7 @@ import mxnet as mx
 from mxnet import nd
 
 import d2lbn
-from d2lbn import data, device, models, plot, train
+from d2lbn import data, device, models, plot, training
 from d2lbn.norm import BatchNorm, batch_norm, pure_batch_norm
 
 
@@ -122,13 +122,13 @@ CASES = [
      ValueError, r"num_workers must be an int >= 0; got -1"),
     ("seed: string", lambda: d2lbn.set_seed("0"), TypeError, r"seed must be an int >= 0; got '0' \(str\)"),
     ("device: float index", lambda: device.try_gpu(0.0), TypeError, r"i must be a GPU index, an int >= 0; got 0.0"),
-    ("train: lr string", lambda: train.train(models.lenet(), [], [], 1, "0.1", mx.cpu(), plot=False),
+    ("train: lr string", lambda: training.train(models.lenet(), [], [], 1, "0.1", mx.cpu(), plot=False),
      TypeError, r"lr must be a positive finite number; got '0.1' \(str\)"),
-    ("train: num_epochs float", lambda: train.train(models.lenet(), [], [], np.float64(2), 0.1, mx.cpu(), plot=False),
+    ("train: num_epochs float", lambda: training.train(models.lenet(), [], [], np.float64(2), 0.1, mx.cpu(), plot=False),
      TypeError, r"num_epochs must be a positive int; got 2.0"),
-    ("train: check_every 0", lambda: train.train(models.lenet(), [], [], 1, 0.1, mx.cpu(), plot=False, check_every=0),
+    ("train: check_every 0", lambda: training.train(models.lenet(), [], [], 1, 0.1, mx.cpu(), plot=False, check_every=0),
      ValueError, r"check_every must be a positive int; got 0"),
-    ("subset: size string", lambda: train.subset(data.training_loader(
+    ("subset: size string", lambda: training.subset(data.training_loader(
         mx.gluon.data.ArrayDataset(nd.ones((4, 2))), 2), "3", shuffle=True),
      TypeError, r"the subset size must be a positive int; got '3' \(str\)"),
     ("sampler: batch_size 0", lambda: data.TrainBatchSampler(10, 0),
@@ -180,8 +180,8 @@ def test_error_types_are_documented():
     # a string where a number belongs is a TypeError, and still the ValueError d2lbn raised before
     assert issubclass(d2lbn.checks.ArgumentTypeError, TypeError)
     assert issubclass(d2lbn.checks.ArgumentTypeError, ValueError)
-    assert issubclass(train.NonFiniteLossError, train.NonFiniteError)
-    assert issubclass(train.NonFiniteError, FloatingPointError)
+    assert issubclass(training.NonFiniteLossError, training.NonFiniteError)
+    assert issubclass(training.NonFiniteError, FloatingPointError)
 
 
 # --- NumPy integers as counts (issue 25): accepted wherever a Python int is -------------------------
@@ -218,10 +218,11 @@ def _practice_fit(count):
 
 def _practice_stats(count):
     from d2lbn import practice
+    from d2lbn.moving_stats import batch_norm_layers
     net = _gluon_lenet()
     X, _ = _images(12)
-    stats = practice.layer_input_stats(net, X, practice.bn_layers(net)[:2], batch_size=count(5))
-    shift = practice.variance_shift(net, X, practice.bn_layers(net)[0], batch_size=count(5))
+    stats = practice.layer_input_stats(net, X, batch_norm_layers(net)[:2], batch_size=count(5))
+    shift = practice.variance_shift(net, X, batch_norm_layers(net)[0], batch_size=count(5))
     practice.recalibrate_bn(net, X, batch_size=count(5))
     acc = practice.evaluate(net, X, _images(12)[1], batch_size=count(5))
     return [s for pair in stats for s in pair] + [shift, acc]
@@ -275,7 +276,8 @@ def _diagnose(count):
 
 def _experiments(count):
     from d2lbn import experiments as E
-    arrays = E.fashion_arrays(train_limit=count(16), test_limit=count(8), flatten=True)
+    from d2lbn import data as DATA, moving_stats as MS
+    arrays = DATA.fashion_arrays(train_limit=count(16), test_limit=count(8), flatten=True)
     fig = E.figure1_run(True, count(2), batch_size=count(4), eval_every=count(1),
                         test_limit=count(4), probe_size=count(4), seed=count(0), data=arrays,
                         record_unit=count(3))
@@ -283,15 +285,15 @@ def _experiments(count):
     net = E.lenet_with_norm("batch")
     net.initialize(mx.init.Xavier())
     X, y = _images(8)
-    loader = E.ArrayLoader(X, y, count(4))
-    E.settle_moving_statistics(net, loader, count(2), mx.cpu())
-    precise = E.precise_statistics(net, loader, count(3), mx.cpu())
+    loader = DATA.ArrayLoader(X, y, count(4))
+    MS.settle_moving_statistics(net, loader, count(2), mx.cpu())
+    precise = MS.precise_statistics(net, loader, count(3), mx.cpu())
     np.random.seed(0)
     noise = E.batch_mean_noise(nd.ones((6, 3)), count(2), num_batches=count(4))
     mlp = E.SigmoidMLP(True, hidden=count(5), num_layers=count(2))
     mlp.initialize()
     return [[a.asnumpy() for a in arrays], fig.test_acc, fig.percentiles, fig.inputs,
-            E.moving_statistics(net), precise, noise, mlp(nd.ones((3, 784))).shape]
+            MS.moving_statistics(net), precise, noise, mlp(nd.ones((3, 784))).shape]
 
 
 NUMPY_COUNT_CASES = [("practice.fit", _practice_fit), ("practice statistics", _practice_stats),
@@ -334,11 +336,11 @@ def test_numpy_integers_are_counts(helper):
     (lambda: __import__("d2lbn.diagnose").diagnose.compare_statistics(
         _gluon_lenet(), _images(4)[0], batch_size=np.float64(4)),
      TypeError, r"batch_size must be a positive int; got 4.0 \(float64\)"),
-    (lambda: __import__("d2lbn.experiments").experiments.precise_statistics(
+    (lambda: __import__("d2lbn.moving_stats").moving_stats.precise_statistics(
         None, [], np.int64(-2), mx.cpu()),
      ValueError, r"num_batches must be a positive int; got -2"),
 ], ids=["resnet float", "resnet np zero", "resnet bool", "landscape float", "diagnose np float",
-        "experiments np negative"])
+        "moving_stats np negative"])
 def test_non_integer_counts_say_what_they_got(call, error, pattern):
     with pytest.raises(error, match=pattern):
         call()

@@ -11,6 +11,7 @@ from mxnet.gluon import nn
 
 import d2lbn
 from d2lbn import diagnose as D
+from d2lbn import moving_stats as MS
 from d2lbn.norm import BatchNorm
 
 
@@ -41,10 +42,10 @@ def _data(rng, n=4000):
 def test_compare_statistics_finds_the_wrong_layer_and_measures_it(rng, kind):
     x = _data(rng)
     net = _two_bn_net(kind)
-    bn1, bn2 = D.batch_norm_layers(net)
+    bn1, bn2 = MS.batch_norm_layers(net)
     m1, v1 = x.mean(axis=0), x.var(axis=0)
-    D.set_moving_statistics(bn1, m1, v1)                 # right: the data's own statistics
-    D.set_moving_statistics(bn2, [0.5, 0.0, -1.0], [4.0, 1.0, 1.0])   # wrong on purpose
+    MS.set_layer_statistics(bn1, m1, v1)                 # right: the data's own statistics
+    MS.set_layer_statistics(bn2, [0.5, 0.0, -1.0], [4.0, 1.0, 1.0])   # wrong on purpose
     checks = D.compare_statistics(net, nd.array(x), batch_size=500)
     # oracle: bn2 sees bn1's inference-mode output (gamma 1, beta 0), computed in float64
     h = (x - m1) / np.sqrt(v1 + 1e-5)
@@ -59,8 +60,8 @@ def test_compare_statistics_finds_the_wrong_layer_and_measures_it(rng, kind):
 
 def test_compare_statistics_flags_non_finite_statistics(rng):
     net = _two_bn_net("gluon")
-    bn1, _ = D.batch_norm_layers(net)
-    D.set_moving_statistics(bn1, [np.nan, 0, 0], [1, 1, 1])
+    bn1, _ = MS.batch_norm_layers(net)
+    MS.set_layer_statistics(bn1, [np.nan, 0, 0], [1, 1, 1])
     checks = D.compare_statistics(net, nd.array(_data(rng, 100)))
     assert not checks[0].finite and checks[0].disagrees
 
@@ -78,7 +79,7 @@ def test_compare_statistics_rejects_bad_arguments(rng):
 @pytest.mark.parametrize("kind", ["gluon", "d2lbn"])
 def test_recompute_statistics_matches_a_numpy_training_mode_pass(rng, kind):
     net = _two_bn_net(kind)
-    bn1, bn2 = D.batch_norm_layers(net)
+    bn1, bn2 = MS.batch_norm_layers(net)
     bn1.gamma.set_data(nd.array([2.0, 0.5, 1.0]))
     bn1.beta.set_data(nd.array([1.0, -1.0, 0.0]))
     x = _data(rng, 300)
@@ -92,7 +93,7 @@ def test_recompute_statistics_matches_a_numpy_training_mode_pass(rng, kind):
         h = np.array([2.0, 0.5, 1.0]) * (b - b.mean(axis=0)) / np.sqrt(b.var(axis=0) + 1e-5) + [1.0, -1.0, 0.0]
         stats2.append((h.mean(axis=0), h.var(axis=0)))
     for layer, stats in ((bn1, stats1), (bn2, stats2)):
-        mean, var = D.moving_statistics(layer)
+        mean, var = MS.layer_statistics(layer)
         np.testing.assert_allclose(mean, np.mean([s[0] for s in stats], axis=0), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(var, np.mean([s[1] for s in stats], axis=0), rtol=1e-4, atol=1e-5)
 
@@ -105,18 +106,18 @@ def test_recompute_statistics_refuses_nan_naming_the_batch(rng, kind):
     x = _data(rng, 256)
     x[200, 2] = np.nan
     batches = [(nd.array(x[i:i + 64]), nd.zeros(64)) for i in range(0, 256, 64)]
-    before = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]
+    before = [MS.layer_statistics(layer) for layer in MS.batch_norm_layers(net)]
     with pytest.raises(ValueError, match=r"batch 3 of batches .*NaN or infinit"):
         D.recompute_statistics(net, batches, mx.cpu())
     with pytest.raises(ValueError, match=r"batch 3 of batches"):
         D.compare_statistics(net, nd.array(x), batch_size=64)
     assert D.recompute_statistics(net, batches, mx.cpu(), num_batches=3) == 3   # NaN not reached
-    D.set_moving_statistics(D.batch_norm_layers(net)[0], *before[0])
-    D.set_moving_statistics(D.batch_norm_layers(net)[1], *before[1])
+    MS.set_layer_statistics(MS.batch_norm_layers(net)[0], *before[0])
+    MS.set_layer_statistics(MS.batch_norm_layers(net)[1], *before[1])
     net[2].weight.set_data(nd.full((3, 3), 3e38))      # finite data, infinite inside the net
     with pytest.raises(ValueError, match=r"input of batch-norm layer 1 .*batch 0 of batches"):
         D.recompute_statistics(net, batches[:1], mx.cpu())
-    after = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]
+    after = [MS.layer_statistics(layer) for layer in MS.batch_norm_layers(net)]
     for (m0, v0), (m1, v1) in zip(before, after):
         np.testing.assert_array_equal(m0, m1)
         np.testing.assert_array_equal(v0, v1)
@@ -124,9 +125,9 @@ def test_recompute_statistics_refuses_nan_naming_the_batch(rng, kind):
 
 def test_input_statistics_leaves_the_moving_statistics_alone(rng):
     net = _two_bn_net("d2lbn")           # this layer updates its statistics in the forward pass
-    before = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]
+    before = [MS.layer_statistics(layer) for layer in MS.batch_norm_layers(net)]
     D.input_statistics(net, [(nd.array(_data(rng, 64)), None)], mx.cpu(), training=True)
-    after = [D.moving_statistics(layer) for layer in D.batch_norm_layers(net)]
+    after = [MS.layer_statistics(layer) for layer in MS.batch_norm_layers(net)]
     for (m0, v0), (m1, v1) in zip(before, after):
         np.testing.assert_array_equal(m0, m1)
         np.testing.assert_array_equal(v0, v1)
@@ -134,10 +135,10 @@ def test_input_statistics_leaves_the_moving_statistics_alone(rng):
 
 def test_check_moving_statistics_names_each_problem():
     net = _two_bn_net("gluon")
-    bn1, bn2 = D.batch_norm_layers(net)
+    bn1, bn2 = MS.batch_norm_layers(net)
     assert D.check_moving_statistics(net) == []
-    D.set_moving_statistics(bn1, [0, 0, 0], [1, np.inf, 1])
-    D.set_moving_statistics(bn2, [0, 0, 0], [1, 1e9, -1])
+    MS.set_layer_statistics(bn1, [0, 0, 0], [1, np.inf, 1])
+    MS.set_layer_statistics(bn2, [0, 0, 0], [1, 1e9, -1])
     problems = D.check_moving_statistics(net)
     assert len(problems) == 3
     assert problems[0].startswith(bn1.name) and "1 moving variances" in problems[0]
@@ -181,7 +182,7 @@ def test_set_use_global_stats_takes_effect_in_a_hybridized_net(rng):
 
 def test_lenet_gluon_bn_uses_the_momentum():
     net = D.lenet_gluon_bn(momentum=0.99)
-    layers = D.batch_norm_layers(net)
+    layers = MS.batch_norm_layers(net)
     assert len(layers) == 4 and all(layer._kwargs["momentum"] == 0.99 for layer in layers)
     with pytest.raises(ValueError, match="momentum"):
         D.lenet_gluon_bn(momentum=1.5)
@@ -236,9 +237,9 @@ def test_accumulated_gradient_equals_the_batch_gradient_only_without_batch_norm(
     assert D.relative_difference(D.accumulated_gradient(plain, X, y, 4), full) < 1e-5
     full_bn = D.accumulated_gradient(with_bn, X, y, 32)
     assert D.relative_difference(D.accumulated_gradient(with_bn, X, y, 4), full_bn) > 1e-2
-    before = D.moving_statistics(D.batch_norm_layers(with_bn)[0])
+    before = MS.layer_statistics(MS.batch_norm_layers(with_bn)[0])
     D.accumulated_gradient(with_bn, X, y, 8)
-    np.testing.assert_array_equal(D.moving_statistics(D.batch_norm_layers(with_bn)[0])[0], before[0])
+    np.testing.assert_array_equal(MS.layer_statistics(MS.batch_norm_layers(with_bn)[0])[0], before[0])
     with pytest.raises(ValueError, match="multiple of micro_batch"):
         D.accumulated_gradient(plain, X, y, 5)
 
@@ -323,9 +324,9 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(TypeError, match="net must be a gluon Block"):
         D.leaf_layers("not a net")
     with pytest.raises(TypeError, match="not a batch-norm layer"):
-        D.moving_statistics(nn.Dense(3))
+        MS.layer_statistics(nn.Dense(3))
     with pytest.raises(ValueError, match="mean must have shape"):
-        D.set_moving_statistics(D.batch_norm_layers(net)[0], [0.0, 0.0], [1.0, 1.0, 1.0])
+        MS.set_layer_statistics(MS.batch_norm_layers(net)[0], [0.0, 0.0], [1.0, 1.0, 1.0])
 
 
 # ---- nested blocks: the package's own ResNet (issue 25) -----------------------------------------------
@@ -358,7 +359,7 @@ def test_batch_norm_layers_finds_every_layer_of_the_resnet():
     net = _resnet()
     names = _running_means_by_name(net)
     assert len(names) == 9                      # stem + 2 per block + 2 projection shortcuts
-    found = D.batch_norm_layers(net)
+    found = MS.batch_norm_layers(net)
     assert sorted(layer.running_mean.name for layer in found) == names
     block = net.blocks()[1]
     assert [b.name for b in found[3:6]] == [block.bn1.name, block.bn2.name, block.short_bn.name]
@@ -368,9 +369,9 @@ def test_check_moving_statistics_sees_a_nan_inside_a_block():
     net = _resnet()
     assert D.check_moving_statistics(net) == []
     bad = net.blocks()[2].bn2
-    mean, var = D.moving_statistics(bad)
+    mean, var = MS.layer_statistics(bad)
     mean[3] = np.nan
-    D.set_moving_statistics(bad, mean, var)
+    MS.set_layer_statistics(bad, mean, var)
     problems = D.check_moving_statistics(net)
     assert len(problems) == 1 and problems[0].startswith(bad.name + ": 1 moving means")
 
@@ -390,12 +391,12 @@ def test_recompute_statistics_on_the_resnet_matches_mxnets_own_update(rng, hybri
     with autograd.record():
         out = net(X)
     out.backward()
-    expected = [D.moving_statistics(layer) for layer in layers]
+    expected = [MS.layer_statistics(layer) for layer in layers]
     for layer in layers:
-        D.set_moving_statistics(layer, np.zeros(layer.running_mean.shape), np.ones(layer.running_mean.shape))
+        MS.set_layer_statistics(layer, np.zeros(layer.running_mean.shape), np.ones(layer.running_mean.shape))
     assert D.recompute_statistics(net, [(X, None)], mx.cpu()) == 1
     for layer, (m, v) in zip(layers, expected):
-        got_m, got_v = D.moving_statistics(layer)
+        got_m, got_v = MS.layer_statistics(layer)
         np.testing.assert_allclose(got_m, m, rtol=1e-4, atol=1e-5, err_msg=layer.name)
         np.testing.assert_allclose(got_v, v, rtol=1e-4, atol=1e-5, err_msg=layer.name)
     assert net._active == hybridize                      # hybridized as before
@@ -414,7 +415,7 @@ def test_compare_statistics_on_the_resnet_names_the_layer_inside_a_block(rng):
     assert len(checks) == 9 and D.disagreeing_layers(checks) == []
     assert max(c.mean_shift for c in checks) < 1e-3 and max(c.var_ratio for c in checks) < 1.001
     bad = net.blocks()[1].bn1
-    mean, var = D.moving_statistics(bad)
-    D.set_moving_statistics(bad, mean + 5 * np.sqrt(var), var)
+    mean, var = MS.layer_statistics(bad)
+    MS.set_layer_statistics(bad, mean + 5 * np.sqrt(var), var)
     named = D.disagreeing_layers(D.compare_statistics(net, X, batch_size=16))
     assert named[0] == bad.name

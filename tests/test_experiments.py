@@ -7,20 +7,22 @@ from mxnet import autograd, gluon, nd
 
 import d2lbn
 from d2lbn import experiments as E
+from d2lbn import data as DATA, moving_stats as MS, seeds as S
+from d2lbn.training import evaluate_accuracy
 
 
 def test_array_loader_visits_every_example_once_per_pass():
     X = nd.arange(10).reshape((10, 1))
     y = nd.arange(10)
     d2lbn.set_seed(0)
-    loader = E.ArrayLoader(X, y, 4, shuffle=True)
+    loader = DATA.ArrayLoader(X, y, 4, shuffle=True)
     assert len(loader) == 3
     seen = np.concatenate([yb.asnumpy() for _, yb in loader])
     assert sorted(seen) == list(range(10)) and list(seen) != list(range(10))
     for Xb, yb in loader:
         np.testing.assert_array_equal(Xb.asnumpy()[:, 0], yb.asnumpy())   # rows stay paired
     with pytest.raises(ValueError, match="batch_size"):
-        E.ArrayLoader(X, y, 0)
+        DATA.ArrayLoader(X, y, 0)
 
 
 def _bn_mlp(rng):
@@ -34,7 +36,7 @@ def test_frozen_moving_statistics_restores(rng):
     net = _bn_mlp(rng)
     bn = net[1]
     before = bn.moving_mean.data().asnumpy().copy()
-    with E.frozen_moving_statistics(net), autograd.train_mode():
+    with MS.frozen_moving_statistics(net), autograd.train_mode():
         net(nd.array(rng.normal(5, 1, size=(16, 5))))
         assert not np.allclose(bn.moving_mean.data().asnumpy(), before)   # it did move inside
     np.testing.assert_array_equal(bn.moving_mean.data().asnumpy(), before)
@@ -46,16 +48,16 @@ def test_train_mode_accuracy_uses_batch_statistics(rng):
     X = nd.array(rng.normal(3, 2, size=(64, 5)))
     y = nd.array(rng.integers(0, 3, size=64))
     net = _bn_mlp(rng)
-    loader = E.ArrayLoader(X, y, 16)
+    loader = DATA.ArrayLoader(X, y, 16)
     train_scores = []
-    with E.frozen_moving_statistics(net), autograd.train_mode():
+    with MS.frozen_moving_statistics(net), autograd.train_mode():
         for Xb, _ in loader:
             train_scores.append(net(Xb).argmax(axis=1).asnumpy())
     expected = float((np.concatenate(train_scores) == y.asnumpy()).mean())
-    assert E.train_mode_accuracy(net, loader, mx.cpu()) == pytest.approx(expected)
+    assert MS.train_mode_accuracy(net, loader, mx.cpu()) == pytest.approx(expected)
     plain = gluon.nn.Dense(3, in_units=5)
     plain.initialize()
-    assert E.train_mode_accuracy(plain, loader, mx.cpu()) == E.accuracy(plain, loader, mx.cpu())
+    assert MS.train_mode_accuracy(plain, loader, mx.cpu()) == evaluate_accuracy(plain, loader, mx.cpu())
 
 
 def test_sigmoid_mlp_shapes_and_sigmoid_inputs(rng):
@@ -134,7 +136,7 @@ def test_settle_moving_statistics_reaches_the_current_statistics(rng):
     net.add(d2lbn.norm.BatchNorm(3, 2, impl="naive"))
     net.initialize()
     X = nd.array(rng.normal([5.0, -2.0, 10.0], 1.0, size=(640, 3)))
-    E.settle_moving_statistics(net, E.ArrayLoader(X, nd.zeros(640), 64), 50, mx.cpu())
+    MS.settle_moving_statistics(net, DATA.ArrayLoader(X, nd.zeros(640), 64), 50, mx.cpu())
     np.testing.assert_allclose(net[0].moving_mean.data().asnumpy(), X.asnumpy().mean(axis=0), rtol=0.01, atol=0.05)
     np.testing.assert_array_equal(net[0].gamma.data().asnumpy(), 1)
 
@@ -154,7 +156,7 @@ def test_precise_statistics_is_the_equal_weight_average_of_batch_statistics(rng)
     combined as E[mu], E[var + mu^2] - E[mu]^2; with 7 batches from a loader of 5 the pass wraps."""
     net = _dense_bn(rng)
     X = nd.array(rng.normal(2.0, 3.0, size=(40, 3)))
-    loader = E.ArrayLoader(X, nd.zeros(40), 8)
+    loader = DATA.ArrayLoader(X, nd.zeros(40), 8)
     W = net[0].weight.data().asnumpy().astype(np.float64)
     b = net[0].bias.data().asnumpy().astype(np.float64)
     Z = X.asnumpy().astype(np.float64) @ W.T + b
@@ -163,25 +165,25 @@ def test_precise_statistics_is_the_equal_weight_average_of_batch_statistics(rng)
     var = np.stack([z.var(axis=0) for z in batches])
     want_mean = mu.mean(axis=0)
     want_var = (var + mu ** 2).mean(axis=0) - want_mean ** 2
-    before = E.moving_statistics(net)
-    (mean, v), = E.precise_statistics(net, loader, 7, mx.cpu())
+    before = MS.moving_statistics(net)
+    (mean, v), = MS.precise_statistics(net, loader, 7, mx.cpu())
     np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(v, want_var, rtol=1e-4, atol=1e-5)
     # five equal batches, once each: the pooled mean and variance of all 40 rows
-    (mean5, v5), = E.precise_statistics(net, loader, 5, mx.cpu())
+    (mean5, v5), = MS.precise_statistics(net, loader, 5, mx.cpu())
     np.testing.assert_allclose(mean5, Z.mean(axis=0), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(v5, Z.var(axis=0), rtol=1e-4, atol=1e-5)
     # the net is unchanged: moving statistics and momentum
-    for (m0, v0), (m1, v1) in zip(before, E.moving_statistics(net)):
+    for (m0, v0), (m1, v1) in zip(before, MS.moving_statistics(net)):
         np.testing.assert_array_equal(m0, m1)
         np.testing.assert_array_equal(v0, v1)
     assert net[1].momentum == 0.9
     with pytest.raises(ValueError, match="num_batches"):
-        E.precise_statistics(net, loader, 0, mx.cpu())
+        MS.precise_statistics(net, loader, 0, mx.cpu())
     plain = gluon.nn.Dense(3, in_units=3)
     plain.initialize()
     with pytest.raises(ValueError, match="BatchNorm"):
-        E.precise_statistics(plain, loader, 1, mx.cpu())
+        MS.precise_statistics(plain, loader, 1, mx.cpu())
 
 
 def test_precise_statistics_differ_from_a_moving_average(rng):
@@ -189,17 +191,17 @@ def test_precise_statistics_differ_from_a_moving_average(rng):
     input the two estimates differ, and set_moving_statistics stores the precise one."""
     net = _dense_bn(rng)
     X = nd.array(np.concatenate([rng.normal(0, 1, size=(32, 3)), rng.normal(5, 1, size=(32, 3))]))
-    loader = E.ArrayLoader(X, nd.zeros(64), 8)
-    precise = E.precise_statistics(net, loader, 8, mx.cpu())
-    E.settle_moving_statistics(net, loader, 8, mx.cpu())
-    moving = E.moving_statistics(net)
+    loader = DATA.ArrayLoader(X, nd.zeros(64), 8)
+    precise = MS.precise_statistics(net, loader, 8, mx.cpu())
+    MS.settle_moving_statistics(net, loader, 8, mx.cpu())
+    moving = MS.moving_statistics(net)
     assert np.abs(moving[0][0] - precise[0][0]).max() > 0.1
-    E.set_moving_statistics(net, precise)
-    np.testing.assert_allclose(E.moving_statistics(net)[0][0], precise[0][0], rtol=1e-6)
+    MS.set_moving_statistics(net, precise)
+    np.testing.assert_allclose(MS.moving_statistics(net)[0][0], precise[0][0], rtol=1e-6)
     with pytest.raises(ValueError, match="one .mean, var. pair"):
-        E.set_moving_statistics(net, [])
+        MS.set_moving_statistics(net, [])
     with pytest.raises(ValueError, match="shape"):
-        E.set_moving_statistics(net, [(np.zeros(2), np.ones(2))])
+        MS.set_moving_statistics(net, [(np.zeros(2), np.ones(2))])
 
 
 def test_relative_update_of_a_batch_normed_layer_falls_as_one_over_a_squared(rng):
@@ -220,30 +222,30 @@ def test_relative_update_of_a_batch_normed_layer_falls_as_one_over_a_squared(rng
 
 
 def test_seed_summary_and_table():
-    s = E.seed_summary([0.5, 0.7, 0.6])
+    s = S.seed_summary([0.5, 0.7, 0.6])
     assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.5 and s["max"] == 0.7
     assert s["std"] == pytest.approx(np.sqrt(2 / 300))
-    assert E.seed_summary([0.3])["std"] == 0
-    table = E.seed_table({"a": [0.5, 0.7, 0.6], "b": [1, 2, 3]}, [0, 1, 2], fmt=".2f")
+    assert S.seed_summary([0.3])["std"] == 0
+    table = S.seed_table({"a": [0.5, 0.7, 0.6], "b": [1, 2, 3]}, [0, 1, 2], fmt=".2f")
     lines = table.splitlines()
     assert lines[0].split() == ["seed", "a", "b"]
     assert lines[2].split() == ["1", "0.70", "2.00"]
     assert lines[4].split() == ["mean", "0.60", "2.00"]
     assert lines[-1].split() == ["max", "0.70", "3.00"]
     with pytest.raises(ValueError, match="finite"):
-        E.seed_summary([0.1, float("nan")])
+        S.seed_summary([0.1, float("nan")])
     with pytest.raises(ValueError, match="non-empty"):
-        E.seed_summary([])
+        S.seed_summary([])
     with pytest.raises(ValueError, match="2 values for 3 seeds"):
-        E.seed_table({"a": [1, 2]}, [0, 1, 2])
+        S.seed_table({"a": [1, 2]}, [0, 1, 2])
 
 
 def test_study_seeds_and_settings():
-    assert len(E.study_seeds(quick=False)) >= 3 and len(set(E.study_seeds(quick=False))) >= 3
-    assert len(E.study_seeds(quick=True)) >= 1
-    quick, full = E.lenet_study_settings(True), E.lenet_study_settings(False)
-    assert quick == d2lbn.train.lenet_settings(True)
-    base = d2lbn.train.lenet_settings(False)
+    assert len(S.study_seeds(quick=False)) >= 3 and len(set(S.study_seeds(quick=False))) >= 3
+    assert len(S.study_seeds(quick=True)) >= 1
+    quick, full = S.lenet_study_settings(True), S.lenet_study_settings(False)
+    assert quick == d2lbn.training.lenet_settings(True)
+    base = d2lbn.training.lenet_settings(False)
     assert (full.lr, full.batch_size, full.momentum, full.lr_schedule, full.train_limit) == \
         (base.lr, base.batch_size, base.momentum, base.lr_schedule, base.train_limit)
     assert quick.num_epochs <= full.num_epochs and 0.1 < quick.min_test_acc <= full.min_test_acc
@@ -311,12 +313,12 @@ def test_layer_batch_moments_against_a_numpy_forward_pass(rng):
     couples the rows of a batch through the first BN, inference mode does not."""
     net = _two_bn_mlp()
     X = rng.normal(1.0, 2.0, size=(24, 3))
-    loader = E.ArrayLoader(nd.array(X), nd.zeros(24), 6)
+    loader = DATA.ArrayLoader(nd.array(X), nd.zeros(24), 6)
     stored = [(np.array([0.5, -0.2, 0.1, 0.3]), np.array([2.0, 1.0, 3.0, 0.5])),
               (np.zeros(3), np.ones(3))]
-    E.set_moving_statistics(net, stored)
+    MS.set_moving_statistics(net, stored)
     for training in (True, False):
-        got = E.layer_batch_moments(net, loader, 4, mx.cpu(), training=training)
+        got = MS.layer_batch_moments(net, loader, 4, mx.cpu(), training=training)
         firsts, seconds = [], []
         for i in range(4):
             xb = X[i * 6:(i + 1) * 6]
@@ -332,12 +334,12 @@ def test_layer_batch_moments_against_a_numpy_forward_pass(rng):
                                        rtol=1e-4, atol=1e-5)
             np.testing.assert_allclose(k.within_share, k.batch_var / k.pooled_var)
             assert k.values == 6
-    for (m0, v0), (m1, v1) in zip(stored, E.moving_statistics(net)):     # untouched
+    for (m0, v0), (m1, v1) in zip(stored, MS.moving_statistics(net)):     # untouched
         np.testing.assert_allclose(m1, m0, rtol=1e-6)
         np.testing.assert_allclose(v1, v0, rtol=1e-6)
     assert not net[1]._forward_pre_hooks                                   # hooks removed
     with pytest.raises(ValueError, match="num_batches"):
-        E.layer_batch_moments(net, loader, 0, mx.cpu())
+        MS.layer_batch_moments(net, loader, 0, mx.cpu())
 
 
 def test_within_batch_share_of_independent_values_is_n_minus_one_over_n(rng):
@@ -346,7 +348,7 @@ def test_within_batch_share_of_independent_values_is_n_minus_one_over_n(rng):
     net.add(d2lbn.norm.BatchNorm(50, 2, impl="naive"))
     net.initialize()
     X = nd.array(rng.normal(3.0, 2.0, size=(4000, 50)))
-    (k,) = E.layer_batch_moments(net, E.ArrayLoader(X, nd.zeros(4000), 4), 1000, mx.cpu())
+    (k,) = MS.layer_batch_moments(net, DATA.ArrayLoader(X, nd.zeros(4000), 4), 1000, mx.cpu())
     assert k.values == 4
     assert k.within_share.mean() == pytest.approx(0.75, abs=0.01)
 
@@ -360,7 +362,7 @@ def test_remove_initial_values_recovers_the_weighted_batch_average(rng):
     with autograd.train_mode():
         for xb in batches:
             layer(nd.array(xb))
-    (mean, var), = E.remove_initial_values(E.moving_statistics(layer), 7, 0.9)
+    (mean, var), = MS.remove_initial_values(MS.moving_statistics(layer), 7, 0.9)
     w = 0.1 * 0.9 ** np.arange(6, -1, -1)
     w /= w.sum()
     np.testing.assert_allclose(mean, sum(wk * b.mean(axis=0) for wk, b in zip(w, batches)),
@@ -368,9 +370,9 @@ def test_remove_initial_values_recovers_the_weighted_batch_average(rng):
     np.testing.assert_allclose(var, sum(wk * b.var(axis=0) for wk, b in zip(w, batches)),
                                rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="momentum"):
-        E.remove_initial_values([(mean, var)], 3, 1.0)
+        MS.remove_initial_values([(mean, var)], 3, 1.0)
     with pytest.raises(ValueError, match="num_updates"):
-        E.remove_initial_values([(mean, var)], 0)
+        MS.remove_initial_values([(mean, var)], 0)
 
 
 def test_statistics_arms_each_against_numpy(rng):
@@ -379,10 +381,10 @@ def test_statistics_arms_each_against_numpy(rng):
     net.add(d2lbn.norm.BatchNorm(3, 2, impl="naive"))
     net.initialize()
     X = rng.normal([1.0, -2.0, 0.5], [1.0, 2.0, 0.5], size=(40, 3))
-    loader = E.ArrayLoader(nd.array(X), nd.zeros(40), 8)          # 5 batches, in order
+    loader = DATA.ArrayLoader(nd.array(X), nd.zeros(40), 8)          # 5 batches, in order
     moving = [(np.array([0.9, -1.5, 0.4]), np.array([0.6, 3.0, 0.2]))]
-    E.set_moving_statistics(net, moving)
-    moments = E.layer_batch_moments(net, loader, 5, mx.cpu())
+    MS.set_moving_statistics(net, moving)
+    moments = MS.layer_batch_moments(net, loader, 5, mx.cpu())
     arms = E.statistics_arms(net, moving, moments, loader, 12, mx.cpu(), max_batches=7)
     assert tuple(arms) == E.ARMS
     batches = [X[i * 8:(i + 1) * 8] for i in range(5)]
@@ -403,7 +405,7 @@ def test_statistics_arms_each_against_numpy(rng):
     np.testing.assert_allclose(arms["equal weights"][0][1], var.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(arms["precise"][0][1], X.var(axis=0), rtol=1e-5)
     np.testing.assert_allclose(arms["precise"][0][0], X.mean(axis=0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(E.moving_statistics(net)[0][1], moving[0][1], rtol=1e-6)
+    np.testing.assert_allclose(MS.moving_statistics(net)[0][1], moving[0][1], rtol=1e-6)
     with pytest.raises(ValueError, match="one entry per batch-norm layer"):
         E.statistics_arms(net, moving * 2, moments, loader, 3, mx.cpu())
 
@@ -412,16 +414,16 @@ def test_arm_accuracies_evaluates_each_arm_and_restores(rng):
     net = _bn_mlp(rng)
     X = nd.array(rng.normal(2.0, 1.0, size=(64, 5)))
     y = nd.array(rng.integers(0, 3, size=64))
-    loader = E.ArrayLoader(X, y, 16)
-    own = E.moving_statistics(net)
+    loader = DATA.ArrayLoader(X, y, 16)
+    own = MS.moving_statistics(net)
     far = [(m + 50.0, v) for m, v in own]
     got = E.arm_accuracies(net, {"own": own, "far": far}, loader, mx.cpu())
-    assert got["own"] == E.accuracy(net, loader, mx.cpu())
-    E.set_moving_statistics(net, far)
-    far_acc = E.accuracy(net, loader, mx.cpu())
-    E.set_moving_statistics(net, own)
+    assert got["own"] == evaluate_accuracy(net, loader, mx.cpu())
+    MS.set_moving_statistics(net, far)
+    far_acc = evaluate_accuracy(net, loader, mx.cpu())
+    MS.set_moving_statistics(net, own)
     assert got["far"] == far_acc
-    np.testing.assert_array_equal(E.moving_statistics(net)[0][0], own[0][0])
+    np.testing.assert_array_equal(MS.moving_statistics(net)[0][0], own[0][0])
 
 
 def test_lenet_with_batch_norm_on_the_output_standardises_the_scores():
@@ -429,9 +431,9 @@ def test_lenet_with_batch_norm_on_the_output_standardises_the_scores():
     net = E.lenet_with_norm("batch+output")
     net.initialize(mx.init.Xavier())
     X = nd.random.uniform(shape=(32, 1, 28, 28))
-    with E.frozen_moving_statistics(net), autograd.train_mode():
+    with MS.frozen_moving_statistics(net), autograd.train_mode():
         scores = net(X).asnumpy().astype(np.float64)
-    assert len(E._norm_layers(net)) == 5 and scores.shape == (32, 10)
+    assert len(MS.scratch_norm_layers(net)) == 5 and scores.shape == (32, 10)
     np.testing.assert_allclose(scores.mean(axis=0), 0, atol=1e-4)   # gamma 1, beta 0
     np.testing.assert_allclose(scores.var(axis=0), 1, atol=1e-3)
 
@@ -441,7 +443,7 @@ def test_runs_keep_their_nets_and_moving_statistics():
     X = nd.random.uniform(shape=(48, 1, 28, 28))
     y = nd.array(np.arange(48) % 10)
     bn = E.batch_size_run("batch", 8, (X, y, X[:16], y[:16]), num_epochs=1)
-    stored = E.moving_statistics(bn.net)                  # the precise statistics
+    stored = MS.moving_statistics(bn.net)                  # the precise statistics
     assert len(bn.moving_stats) == 4
     for ratio, (m, v), (_, pv) in zip(bn.var_ratio, bn.moving_stats, stored):
         assert ratio == pytest.approx(float((v / pv).mean()), rel=1e-5)
@@ -449,4 +451,4 @@ def test_runs_keep_their_nets_and_moving_statistics():
     fig = E.figure1_run(True, 3, batch_size=8, eval_every=3, test_limit=10, probe_size=10,
                         data=(flat, nd.array(np.arange(40) % 10), flat, nd.zeros(40)))
     assert isinstance(fig.net, E.SigmoidMLP)
-    assert not np.allclose(E.moving_statistics(fig.net)[0][0], 0)   # trained, not fresh
+    assert not np.allclose(MS.moving_statistics(fig.net)[0][0], 0)   # trained, not fresh

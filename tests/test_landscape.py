@@ -355,7 +355,7 @@ def test_why_run_rejects_bad_input(rng, kwargs, match):
 @pytest.mark.parametrize("measure", [False, True])
 def test_why_run_raises_when_the_loss_diverges(rng, measure):
     """lr=1e4 on plain LeNet: the loss overflows within a few steps. why_run must stop with a
-    FloatingPointError naming the step and the learning rate (as d2lbn.train does), not return NaN."""
+    FloatingPointError naming the step and the learning rate (as d2lbn.training does), not return NaN."""
     with pytest.raises(FloatingPointError, match=r"step \d+ of 6 .*lr=10000"):
         L.why_run("plain", _tiny_data(rng, 64), num_steps=6, lr=1e4, batch_size=16,
                   measure_every=3, probe_size=16, test_limit=32, measure=measure)

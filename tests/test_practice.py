@@ -9,6 +9,7 @@ from mxnet.gluon import nn
 
 import d2lbn
 from d2lbn import practice as P
+from d2lbn import moving_stats as MS, seeds as S
 from d2lbn.norm import BatchNorm as ScratchBatchNorm
 
 
@@ -29,7 +30,7 @@ def test_lenet_variant_layer_order():
     net = P.lenet_variant("after", 0.3, "before_bn")
     net.initialize()
     assert net(nd.ones((2, 1, 28, 28))).shape == (2, 10)
-    assert len(P.bn_layers(net)) == 4
+    assert len(MS.batch_norm_layers(net)) == 4
 
 
 def test_lenet_variant_bad_input():
@@ -84,8 +85,8 @@ def test_recalibrate_matches_float64_statistics_layer_by_layer(rng, scratch):
     H = np.maximum(g * (Z1 - m1) / np.sqrt(v1 + 1e-5), 0)
     Z2 = H @ W2.T + b2
     m2, v2 = Z2.mean(axis=0), Z2.var(axis=0)
-    for layer, (m, v) in zip(P.bn_layers(net), [(m1, v1), (m2, v2)]):
-        mean, var = P._moving(layer)
+    for layer, (m, v) in zip(MS.batch_norm_layers(net), [(m1, v1), (m2, v2)]):
+        mean, var = MS.statistic_params(layer)
         np.testing.assert_allclose(mean.data().asnumpy(), m, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(var.data().asnumpy(), v, rtol=1e-4, atol=1e-4)
     # in inference mode the last layer's output now has mean 0 and variance 1 on X
@@ -126,12 +127,12 @@ def test_recalibrate_finds_the_layers_inside_resnet_blocks_and_keeps_hybridize_f
     net.hybridize(active=False)
     hooks = [layer.register_forward_pre_hook(
         lambda block, inputs: seen.setdefault(block.name, inputs[0].asnumpy().astype(np.float64)))
-        for layer in P.bn_layers(net)]
+        for layer in MS.batch_norm_layers(net)]
     net(X)
     for h in hooks:
         h.detach()
     assert len(seen) == 9
-    for layer in P.bn_layers(net):
+    for layer in MS.batch_norm_layers(net):
         z = seen[layer.name]
         np.testing.assert_allclose(layer.running_mean.data().asnumpy(), z.mean(axis=(0, 2, 3)),
                                    rtol=1e-4, atol=1e-5)
@@ -148,7 +149,7 @@ def test_recalibrate_refuses_a_net_without_batch_norm():
 
 
 def _moving_copies(net):
-    return [P._moving(layer)[i].data().asnumpy().copy() for layer in P.bn_layers(net) for i in (0, 1)]
+    return [MS.statistic_params(layer)[i].data().asnumpy().copy() for layer in MS.batch_norm_layers(net) for i in (0, 1)]
 
 
 @pytest.mark.parametrize("scratch", [False, True])
@@ -168,7 +169,7 @@ def test_recalibrate_refuses_nan_naming_the_batch_and_changes_nothing(rng, scrat
     with pytest.raises(ValueError, match=r"batch 1 \(examples 7-13\)"):
         P.recalibrate_bn(net, nd.array(X), batch_size=7)
     with pytest.raises(ValueError, match=r"batch 2 \(examples 10-14\)"):
-        P.variance_shift(net, nd.array(X), P.bn_layers(net)[0], batch_size=5)
+        P.variance_shift(net, nd.array(X), MS.batch_norm_layers(net)[0], batch_size=5)
     for a, b in zip(before, _moving_copies(net)):
         np.testing.assert_array_equal(a, b)
 
@@ -244,15 +245,15 @@ def test_spare_norm_params_and_weight_decay(rng):
     net.initialize()
     net(nd.ones((2, 1, 28, 28)))
     P.spare_norm_params(net, decay=False)
-    assert all(l.gamma.wd_mult == 0 and l.beta.wd_mult == 0 for l in P.bn_layers(net))
+    assert all(l.gamma.wd_mult == 0 and l.beta.wd_mult == 0 for l in MS.batch_norm_layers(net))
     assert net[0].weight.wd_mult == 1
     P.spare_norm_params(net, decay=True)
-    assert all(l.gamma.wd_mult == 1 for l in P.bn_layers(net))
+    assert all(l.gamma.wd_mult == 1 for l in MS.batch_norm_layers(net))
     # with a huge decay on gamma alone (lr tiny for the data term), gamma shrinks; spared, it does not
     for decay in (False, True):
         r = P.fit(net, _tiny_data(rng, 64), 1, 1e-3, momentum=0.0, wd=100.0, batch_size=64,
                   decay_norm_params=decay, cosine=False)
-        gamma = P.bn_layers(net)[0].gamma.data().asnumpy()
+        gamma = MS.batch_norm_layers(net)[0].gamma.data().asnumpy()
         assert (gamma < 0.95).all() if decay else np.allclose(gamma, 1.0, atol=0.01), gamma
     with pytest.raises(ValueError, match="wd"):
         P.fit(net, _tiny_data(rng, 64), 1, 0.1, wd=-1.0)
@@ -303,7 +304,7 @@ def test_copy_params(rng):
     src.initialize(mx.init.Xavier())
     X = nd.array(rng.uniform(size=(4, 1, 28, 28)))
     src(X)
-    P.bn_layers(src)[0].running_mean.set_data(nd.array(rng.normal(size=6)))
+    MS.batch_norm_layers(src)[0].running_mean.set_data(nd.array(rng.normal(size=6)))
     dst = P.lenet_variant(use_global_stats=True)
     P.copy_params(src, dst)
     np.testing.assert_allclose(dst(X).asnumpy(), src(X).asnumpy(), rtol=1e-5, atol=1e-6)
@@ -338,12 +339,12 @@ def test_shift_transforms_bad_input():
 
 
 def test_seed_summary():
-    table = P.seed_summary({"a": [0.5, 0.7, 0.6], "bb": [0.1, 0.2, 0.3]})
+    table = S.settings_table({"a": [0.5, 0.7, 0.6], "bb": [0.1, 0.2, 0.3]})
     lines = table.splitlines()
     assert len(lines) == 3 and "mean" in lines[0]
     assert "0.6000" in lines[1] and "0.5000-0.7000" in lines[1]
     with pytest.raises(ValueError):
-        P.seed_summary({})
+        S.settings_table({})
 
 
 def test_plot_band_draws_mean_and_range():

@@ -19,7 +19,7 @@ def test_every_comparison_is_a_computed_verdict(notebook):
     found = unbacked(notebook)
     assert not found, (
         f"{notebook.name}: {len(found)} sentence(s) state a comparison that no cell decided. "
-        "Compute it with d2lbn.verdict.compare_seeds and glue its .text under a key ending in "
+        "Compute it with d2lbn.seeds.compare_seeds and glue its .text under a key ending in "
         "_verdict, cite the paper it comes from, or list the phrase in metadata "
         "d2lbn.allowed_comparisons (phrase -> why it is no verdict on an experiment):\n"
         + "\n".join(f"  cell {u.cell}: {u.word!r} in {u.sentence!r}" for u in found))

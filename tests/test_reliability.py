@@ -27,7 +27,7 @@ from mxnet import autograd, gluon, nd
 
 import d2lbn
 from d2lbn import data, device, models, norm
-from d2lbn import train as T
+from d2lbn import training as T
 
 sys.path.insert(0, str(Path(__file__).parent))
 import crash_matrix as M  # noqa: E402
@@ -260,7 +260,7 @@ def test_training_batches_never_end_with_one_example(length, batch_size, sizes):
 
 @pytest.mark.parametrize("shuffle, sizes", [(True, [4, 4]), (False, [4, 4, 1])])
 def test_array_loader_drops_a_last_training_batch_of_one(shuffle, sizes):
-    from d2lbn.experiments import ArrayLoader
+    from d2lbn.data import ArrayLoader
     loader = ArrayLoader(nd.arange(9).reshape((9, 1)), nd.arange(9), 4, shuffle=shuffle)
     assert [X.shape[0] for X, _ in loader] == sizes and len(loader) == len(sizes)
 

@@ -167,7 +167,7 @@ def test_paired_rounds_pairs_rounds_and_orders_by_time():
     # oracle: time.sleep of known lengths; every round times both in one rotation
     import time
     from d2lbn.timing import paired_rounds
-    from d2lbn.verdict import compare_seeds
+    from d2lbn.seeds import compare_seeds
     calls = {"short": 0, "long": 0}
 
     def sleeper(name, seconds):

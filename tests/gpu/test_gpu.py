@@ -12,7 +12,7 @@ CPU wheel of ``make test``, where these tests are collected and skipped). What r
   must match, and the output says which;
 * the from-scratch layer against ``gluon.nn.BatchNorm`` on the GPU, and the from-scratch LeNet-BN
   against the Gluon one with the same weights (moving variance compared under the convention found);
-* every LeNet trained on ``gpu(0)`` by ``d2lbn.train.train``: parameters, gradients, moving
+* every LeNet trained on ``gpu(0)`` by ``d2lbn.training.train``: parameters, gradients, moving
   statistics and every layer's output on the GPU;
 * one LeNet-BN epoch with each layer (from-scratch; Gluon, hybridized) and the ratio of their times
   (printed; not asserted).
@@ -33,7 +33,7 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon, nd
 
-from d2lbn import device, models, norm, train as T
+from d2lbn import device, models, norm, training as T
 from d2lbn.backward import backward_closed_form
 from d2lbn.data import find_data_dir
 from conftest import numpy_batch_norm

@@ -1,10 +1,10 @@
-"""d2lbn.verdict.compare_seeds against hand-worked cases and NumPy's statistics."""
+"""d2lbn.seeds.compare_seeds against hand-worked cases and NumPy's statistics."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from d2lbn.verdict import VERDICTS, compare_seeds
+from d2lbn.seeds import VERDICTS, compare_seeds
 
 
 def test_ahead_on_every_seed_and_the_numbers_match_numpy():

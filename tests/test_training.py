@@ -10,7 +10,7 @@ import mxnet as mx
 from mxnet import gluon, nd
 
 import d2lbn
-from d2lbn import models, train as T
+from d2lbn import models, training as T
 from d2lbn import __main__ as cli
 
 OTHER = mx.cpu(1)   # a context that is not the default one: an array left on cpu(0) is caught

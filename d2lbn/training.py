@@ -1,4 +1,4 @@
-"""Training and evaluation on one device (a GPU when there is one, the CPU otherwise).
+"""Training and evaluation on one device, a GPU when there is one, the CPU otherwise (ch03-ch10).
 
 Every batch is moved to ``ctx`` before use and the net is initialised on ``ctx``, so the
 same code runs on ``mx.cpu()``, ``mx.gpu(0)`` or ``mx.cpu(1)`` (the tests use the last
