@@ -116,6 +116,8 @@ def _normal(code: str) -> str:
 
 def mapped_cells(notebook: Path, html: Path) -> list[tuple[int, dict, RenderedCell]]:
     """(index, notebook cell, rendered container) for each rendered code cell, the mapping checked."""
+    if not html.exists():
+        pytest.fail(f"{html} is missing: the book was built before {notebook.name} was added; rebuild")
     nb = read_notebook(notebook)
     shown = [(i, c) for i, c in enumerate(nb["cells"])
              if c["cell_type"] == "code" and "remove-cell" not in cell_tags(c)]
@@ -169,4 +171,5 @@ def test_cells_map_to_the_rendered_containers(page):
                  if p.source.stem in PENDING else []) for p in NOTEBOOK_PAGES])
 def test_evidence_only_cells_are_collapsed_on_the_page(page):
     found = open_evidence_cells(page.source, page.html)
-    assert not found, f"{page.html.name}:\n" + "\n".join(found)
+    if found:
+        pytest.fail(f"{page.html.name}:\n" + "\n".join(found), pytrace=False)
