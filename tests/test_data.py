@@ -11,6 +11,8 @@ import pytest
 from mxnet import nd
 
 from d2lbn import data
+from d2lbn import data as DATA
+import d2lbn
 
 
 def write_idx(path: Path, array: np.ndarray) -> bytes:
@@ -253,6 +255,8 @@ def test_found_from_any_working_directory(tmp_path):
 CONCURRENT_DOWNLOAD = """
 import json, os, sys, time
 from d2lbn import data
+from d2lbn import data as DATA
+import d2lbn
 data.FILES = json.loads(sys.argv[3])
 go = sys.argv[4]
 while not os.path.exists(go):                 # start together: imports take different times
@@ -513,3 +517,17 @@ def test_a_folder_without_file_locks_still_downloads(monkeypatch, tmp_path):
         pass
     data.download_fashion_mnist(tmp_path, base_url="http://127.0.0.1:9/")   # all present: no request
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(data.FILES)
+
+
+def test_array_loader_visits_every_example_once_per_pass():
+    X = nd.arange(10).reshape((10, 1))
+    y = nd.arange(10)
+    d2lbn.set_seed(0)
+    loader = DATA.ArrayLoader(X, y, 4, shuffle=True)
+    assert len(loader) == 3
+    seen = np.concatenate([yb.asnumpy() for _, yb in loader])
+    assert sorted(seen) == list(range(10)) and list(seen) != list(range(10))
+    for Xb, yb in loader:
+        np.testing.assert_array_equal(Xb.asnumpy()[:, 0], yb.asnumpy())   # rows stay paired
+    with pytest.raises(ValueError, match="batch_size"):
+        DATA.ArrayLoader(X, y, 0)

@@ -37,7 +37,7 @@ from d2lbn import device, models, norm, training as T
 from d2lbn.backward import backward_closed_form
 from d2lbn.data import find_data_dir
 from conftest import numpy_batch_norm
-from test_train import fake_batches, misplaced, moving_statistics, record_output_contexts
+from test_training import fake_batches, misplaced, moving_statistics, record_output_contexts
 
 ON_CPU = os.environ.get("D2LBN_GPU_TESTS_ON_CPU", "") not in ("", "0")
 # Set by tools/gpu_tier.py: nvidia-smi showed a GPU, so MXNet not seeing one is a failure, not a skip.
@@ -325,7 +325,7 @@ def test_lenet_scratch_equals_gluon_on_gpu(gluon_convention):
 @pytest.mark.parametrize("name, hybridize", [("lenet", False), ("lenet-bn", False),
                                              ("lenet-bn-gluon", False), ("lenet-bn-gluon", True)])
 def test_model_trains_on_gpu(name, hybridize):
-    """test_train.test_everything_lives_on_the_chosen_context with CTX = gpu(0)."""
+    """test_training.test_everything_lives_on_the_chosen_context with CTX = gpu(0)."""
     net = models.get_model(name)
     if hybridize:
         net.hybridize()

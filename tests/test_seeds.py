@@ -1,9 +1,12 @@
-"""d2lbn.seeds.compare_seeds against hand-worked cases and NumPy's statistics."""
+"""d2lbn.seeds: compare_seeds against hand-worked cases and NumPy's statistics; the seed lists,
+settings and tables against hand-worked values."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import d2lbn.training
+from d2lbn import seeds as S
 from d2lbn.seeds import VERDICTS, compare_seeds
 
 
@@ -77,3 +80,32 @@ def test_quick_mode_accepts_one_seed_and_the_full_run_does_not(monkeypatch):
     monkeypatch.setenv("D2LBN_QUICK", "")
     with pytest.raises(ValueError, match="at least 3 seeds"):
         compare_seeds([0.9], [0.8])
+
+
+def test_seed_summary_and_table():
+    s = S.seed_summary([0.5, 0.7, 0.6])
+    assert s["mean"] == pytest.approx(0.6) and s["min"] == 0.5 and s["max"] == 0.7
+    assert s["std"] == pytest.approx(np.sqrt(2 / 300))
+    assert S.seed_summary([0.3])["std"] == 0
+    table = S.seed_table({"a": [0.5, 0.7, 0.6], "b": [1, 2, 3]}, [0, 1, 2], fmt=".2f")
+    lines = table.splitlines()
+    assert lines[0].split() == ["seed", "a", "b"]
+    assert lines[2].split() == ["1", "0.70", "2.00"]
+    assert lines[4].split() == ["mean", "0.60", "2.00"]
+    assert lines[-1].split() == ["max", "0.70", "3.00"]
+    with pytest.raises(ValueError, match="finite"):
+        S.seed_summary([0.1, float("nan")])
+    with pytest.raises(ValueError, match="non-empty"):
+        S.seed_summary([])
+    with pytest.raises(ValueError, match="2 values for 3 seeds"):
+        S.seed_table({"a": [1, 2]}, [0, 1, 2])
+
+def test_study_seeds_and_settings():
+    assert len(S.study_seeds(quick=False)) >= 3 and len(set(S.study_seeds(quick=False))) >= 3
+    assert len(S.study_seeds(quick=True)) >= 1
+    quick, full = S.lenet_study_settings(True), S.lenet_study_settings(False)
+    assert quick == d2lbn.training.lenet_settings(True)
+    base = d2lbn.training.lenet_settings(False)
+    assert (full.lr, full.batch_size, full.momentum, full.lr_schedule, full.train_limit) == \
+        (base.lr, base.batch_size, base.momentum, base.lr_schedule, base.train_limit)
+    assert quick.num_epochs <= full.num_epochs and 0.1 < quick.min_test_acc <= full.min_test_acc
