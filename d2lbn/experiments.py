@@ -241,8 +241,8 @@ def short_run(norm: Optional[str], lr: float, data, num_epochs: int = 1,
               batch_size: int = 64, sigma: Optional[float] = None, seed: int = 0,
               ctx: mx.Context = mx.cpu()) -> RunResult:
     """Train ``lenet_with_norm(norm)`` for ``num_epochs`` on ``data = (train_X, train_y,
-    test_X, test_y)`` with ``d2lbn.training.train`` (SGD). Weights from N(0, sigma^2) when
-    ``sigma`` is given, Xavier otherwise. A NaN/inf loss ends the run with
+    test_X, test_y)`` with ``d2lbn.training.train`` (SGD). Weights from N(0, sigma^2)
+    when ``sigma`` is given, Xavier otherwise. A NaN/inf loss ends the run with
     ``diverged=True``."""
     from .training import NonFiniteLossError, train
     train_X, train_y, test_X, test_y = data
