@@ -30,7 +30,7 @@ import torch
 import tensorflow as tf
 
 from d2lbn import fold, norm
-from fw_helpers import (assert_close, assert_differ, bn_inputs, keras_step, loss_weights,
+from .fw_helpers import (assert_close, assert_differ, bn_inputs, keras_step, loss_weights,
                         mxnet_moving, mxnet_step, numpy_batch_stats, param_init, torch_step)
 
 KINDS = ["2d", "4d"]

@@ -15,7 +15,7 @@ import torch
 import tensorflow as tf
 
 from d2lbn import models, porting
-from fw_helpers import assert_close, fashion
+from .fw_helpers import assert_close, fashion
 
 NETS = ["lenet-bn", "lenet-bn-gluon", "lenet"]
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from d2lbn import norm, porting
-from fw_helpers import assert_close, assert_differ, fashion, numpy_batch_stats
+from .fw_helpers import assert_close, assert_differ, fashion, numpy_batch_stats
 
 BATCH, STEPS, LR = 32, 3, 0.1
 

@@ -31,7 +31,7 @@ from tensorflow import keras
 from tensorflow.keras import layers
 
 from d2lbn import models, norm, porting
-from fw_helpers import (assert_close, assert_differ, bn_inputs, fashion, keras_step, loss_weights,
+from .fw_helpers import (assert_close, assert_differ, bn_inputs, fashion, keras_step, loss_weights,
                         mxnet_moving, mxnet_step, numpy_batch_stats)
 
 BATCH, STEPS, LR = 32, 3, 0.1

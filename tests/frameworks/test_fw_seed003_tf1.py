@@ -25,7 +25,7 @@ from mxnet import autograd, gluon, nd
 import tensorflow as tf
 
 from d2lbn import norm, porting
-from fw_helpers import assert_close, assert_differ, fashion, numpy_batch_stats
+from .fw_helpers import assert_close, assert_differ, fashion, numpy_batch_stats
 
 tf1 = tf.compat.v1
 BATCH, STEPS, LR, EPS = 32, 3, 0.1, 1e-5
