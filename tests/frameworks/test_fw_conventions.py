@@ -5,7 +5,9 @@ all on the CPU, on the same Fashion-MNIST-derived batches and the same weights.
 
 What these tests found when run (each asserted below):
 * forward outputs (training and inference mode) and the gradients w.r.t. X, gamma and beta agree
-  across all of them once eps is the same;
+  across all of them once eps is the same (d2lbn's three training paths: graph, closed-form, naive),
+  with one exception: gluon.nn.BatchNorm recorded in inference mode (CPU) returns an input gradient
+  that is not the derivative of its output (the training-mode formula on the moving statistics);
 * momentum: MXNet/d2lbn 0.9 == PyTorch 0.1 == Keras 0.9 (Keras: moving = moving * m + batch * (1 - m));
 * stored variance: d2lbn and MXNet (CPU) average the biased batch variance; PyTorch the unbiased one
   (x m/(m-1)); Keras 2.15 the biased one for 2-D input BUT the unbiased one for 4-D input, where it
@@ -30,6 +32,8 @@ import torch
 import tensorflow as tf
 
 from d2lbn import fold, norm
+from d2lbn.graph_norm import graph_path
+from d2lbn.paths import record_paths
 from .fw_helpers import (assert_close, assert_differ, bn_inputs, keras_step, loss_weights,
                         mxnet_moving, mxnet_step, numpy_batch_stats, param_init, torch_step)
 
@@ -101,14 +105,24 @@ def test_nd_batch_norm_default_eps_is_1e_3_measured():
 
 # ---- forward and gradients, training and inference mode ------------------------------------------------
 
+# which d2lbn code ran (d2lbn.paths): the fast layer's compiled graph, its closed-form Function
+# (forced with graph_path(False)), the naive formula; Gluon's layer is none of them.
+TRAIN_PATHS = {"d2lbn-fast": {"graph": 1}, "d2lbn-closed-form": {"closed-form": 1},
+               "d2lbn-naive": {"naive": 1}, "gluon": {}}
+
+
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("which", MX_LAYERS)
+@pytest.mark.parametrize("which", list(TRAIN_PATHS))
 def test_training_forward_and_gradients_agree(kind, which):
     x = bn_inputs(kind)[0]
     C, ndim = x.shape[1], x.ndim
     w = loss_weights(x.shape)
     params = param_init(C)
-    mine = mxnet_step(make_mxnet(which, C, ndim, params=params), x, w, training=True)
+    layer = make_mxnet("d2lbn-fast" if which == "d2lbn-closed-form" else which, C, ndim,
+                       params=params)
+    with record_paths() as taken, graph_path(which != "d2lbn-closed-form"):
+        mine = mxnet_step(layer, x, w, training=True)
+    assert dict(taken) == TRAIN_PATHS[which], f"{which} took {dict(taken)}"
     theirs = torch_step(make_torch(C, ndim, params=params).train(), x, w)
     keras = keras_step(make_keras(C, ndim, params=params, epsilon=1e-5), x, w, training=True)
     for key in ("y", "dx", "dgamma", "dbeta"):
