@@ -21,7 +21,7 @@ from evidence_cells import (classify_notebook, classify_source, explain, is_glue
 
 ROOT = Path(__file__).resolve().parents[1]
 PENDING_REASON = "issue 26: being tagged"
-PENDING = {"ch02_train_inference"}
+PENDING: set[str] = set()
 
 GLUE_RECORD = {"output_type": "display_data", "metadata": {"scrapbook": {"name": "k", "mime_prefix":
                "application/papermill.record/"}}, "data": {"application/papermill.record/text/plain": "1"}}
