@@ -6,8 +6,9 @@ suite needs:
 
 * every process gets the ``DMLC_*`` environment of its role (:func:`role_env`); the
   scheduler and the servers run ``python -c 'import mxnet'`` (importing MXNet with
-  ``DMLC_ROLE=server`` or ``scheduler`` runs that role and returns when the job ends),
-  the workers run the command;
+  ``DMLC_ROLE=server`` or ``scheduler`` runs that role and, when the job ends, exits the
+  process: ``sys.exit()`` in ``mxnet/kvstore/kvstore_server.py``; the import never
+  returns), the workers run the command;
 * everything listens on 127.0.0.1 only, the scheduler on a port found free at launch
   time (:func:`free_port`), servers and workers on free ports handed out in increasing
   order, so that the rank the scheduler assigns (it sorts nodes by port) is the worker's
@@ -30,7 +31,8 @@ suite needs:
 
 With ``--hostfile FILE`` (one host per line) :func:`hostfile_commands` prints, instead
 of running anything, the ``ssh`` command lines that start the same job on several
-machines, as MXNet's ssh launcher would.
+machines, as MXNet's ssh launcher would, with the first host's name resolved to its
+IPv4 address for ``DMLC_PS_ROOT_URI`` (:func:`scheduler_address`).
 """
 from __future__ import annotations
 
@@ -48,7 +50,8 @@ from typing import Dict, IO, List, Optional, Sequence
 
 __all__ = ["free_port", "free_ports", "role_env", "Process", "LaunchError", "launch",
            "launch_main", "main", "add_arguments", "run_args",
-           "hostfile_commands", "read_hostfile", "LOCALHOST", "SERVER_COMMAND",
+           "hostfile_commands", "read_hostfile", "scheduler_address", "LOCALHOST",
+           "SERVER_COMMAND",
            "silence_stdout"]
 
 LOCALHOST = "127.0.0.1"
@@ -410,16 +413,50 @@ def read_hostfile(path: str) -> List[str]:
     return hosts
 
 
+def scheduler_address(hosts: Sequence[str]) -> str:
+    """The numeric IPv4 address for ``DMLC_PS_ROOT_URI`` when the scheduler runs on
+    ``hosts[0]`` (a host name or an address), resolved on this machine.
+
+    The scheduler binds ``DMLC_PS_ROOT_URI`` through ZeroMQ, which for a bind accepts
+    a numeric address or a network interface's name, never a host name: with
+    ``localhost`` MXNet 1.9.1's scheduler stops at once ("bind failed"), with
+    ``127.0.0.1`` it listens. MXNet's own launcher passes an address too
+    (``get_host_ip`` in dmlc-core's tracker, with ``socket.gethostbyname``), and so
+    does this. The address must be one every host reaches: a name that does not
+    resolve here (say, one known only to ssh's configuration), or that resolves to a
+    loopback address while other hosts take part, is refused (ValueError naming the
+    host); write the first host's IP address in the hostfile then.
+    """
+    host = hosts[0]
+    try:
+        address = socket.gethostbyname(host)
+    except (OSError, UnicodeError) as err:
+        why = getattr(err, "strerror", None) or str(err)
+        raise ValueError(f"the scheduler's host {host!r} (the first host) does not "
+                         f"resolve to an IPv4 address here ({why}); the scheduler "
+                         f"needs a numeric address: write the host's IP address "
+                         f"instead") from None
+    others = sorted({h for h in hosts[1:] if h != host})
+    if address.startswith("127.") and others:
+        raise ValueError(f"the scheduler's host {host!r} (the first host) resolves to "
+                         f"{address}, a loopback address, which the other hosts "
+                         f"({', '.join(others)}) cannot reach; write the address "
+                         f"they reach it at instead")
+    return address
+
+
 def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int,
                       hosts: Sequence[str], port: int = 9091,
                       workdir: Optional[str] = None) -> List[str]:
     """Shell command lines (``ssh HOST '...'``) that start the job on several machines.
 
-    As MXNet's ssh launcher does: the scheduler runs on the first host at ``port``;
-    servers and workers are placed on the hosts in turn (round robin), each with its
-    ``DMLC_*`` environment; every host must reach the first host's ``port`` and have the
-    same Python environment and ``workdir`` (default: the current directory). Returns
-    one line per process, scheduler first.
+    As MXNet's ssh launcher does: the scheduler runs on the first host at ``port``, and
+    every process is told the first host's numeric address (:func:`scheduler_address`:
+    a host name is resolved here, ValueError if it cannot be); servers and workers are
+    placed on the hosts in turn (round robin), each with its ``DMLC_*`` environment;
+    every host must reach that address and ``port`` and have the same Python environment
+    and ``workdir`` (default: the current directory). ssh is given the names as written.
+    Returns one line per process, scheduler first.
     """
     command = _check_args(command, num_workers, num_servers)
     hosts = list(hosts)
@@ -428,7 +465,7 @@ def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"port must be an int in 1..65535; got {port!r}")
     workdir = workdir or os.getcwd()
-    common = dict(root_uri=hosts[0], root_port=port, num_workers=num_workers,
+    common = dict(root_uri=scheduler_address(hosts), root_port=port, num_workers=num_workers,
                   num_servers=num_servers)
     # the local launcher's server command, with the remote host's python: it restores the
     # numpy.bool alias mxnet 1.9.1 reads, so that it also works under NumPy >= 1.24
@@ -488,8 +525,8 @@ def add_arguments(parser) -> None:
                         help="number of parameter servers (default 1)")
     parser.add_argument("--hostfile", metavar="FILE",
                         help="print the ssh commands that run the job on the hosts in "
-                             "FILE (one per line; the scheduler on the first) instead "
-                             "of running it here")
+                             "FILE (one per line; the scheduler on the first, given to "
+                             "the others by its IP address) instead of running it here")
     parser.add_argument("--port", type=int, default=9091,
                         help="the scheduler's port with --hostfile (here: a free port "
                              "is found)")

@@ -56,7 +56,19 @@ def test_launch_rejects_bad_arguments():
         L.launch(["true"], 1, num_servers=True)
 
 
-def test_hostfile_commands_place_scheduler_servers_and_workers(tmp_path):
+# Two made-up hosts and their addresses (192.0.2.0/24 is reserved for documentation, RFC 5737);
+# any other name fails to resolve, as an unknown host does.
+FAKE_DNS = {"node-a": "192.0.2.1", "node-b": "192.0.2.2"}
+
+
+def _fake_gethostbyname(name):
+    if name in FAKE_DNS:
+        return FAKE_DNS[name]
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+def test_hostfile_commands_place_scheduler_servers_and_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(L.socket, "gethostbyname", _fake_gethostbyname)
     hostfile = tmp_path / "hosts"
     hostfile.write_text("# the cluster\nnode-a\n\nnode-b  # second\n")
     hosts = L.read_hostfile(str(hostfile))
@@ -69,11 +81,103 @@ def test_hostfile_commands_place_scheduler_servers_and_workers(tmp_path):
     for line, (host, role) in zip(lines, expected):
         assert line.startswith(f"ssh -o StrictHostKeyChecking=no {host} ") and line.endswith(" &")
         assert f"DMLC_ROLE={role}" in line
-        assert "DMLC_PS_ROOT_URI=node-a" in line and "DMLC_PS_ROOT_PORT=9200" in line
+        # ssh gets the name, every process the scheduler's address (ZeroMQ binds no host name)
+        assert "DMLC_PS_ROOT_URI=192.0.2.1 " in line and "DMLC_PS_ROOT_PORT=9200" in line
+        assert "DMLC_PS_ROOT_URI=node-a" not in line
         assert "DMLC_NUM_WORKER=3" in line and "DMLC_NUM_SERVER=2" in line
         assert "cd /srv/book" in line
         assert ("python -m d2lbn train --kvstore dist_sync" in line) == (role == "worker")
         assert ("import mxnet" in line) == (role != "worker")
+
+
+def _remote_env(line: str) -> dict:
+    """The environment a printed ``ssh HOST 'cd DIR && env K=V ... CMD' &`` line sets."""
+    remote = shlex.split(shlex.split(line)[4])
+    assert remote[2:4] == ["&&", "env"], remote
+    env = {}
+    for word in remote[4:]:
+        if "=" not in word:                 # the command starts
+            break
+        name, value = word.split("=", 1)
+        env[name] = value
+    return env
+
+
+def test_hostfile_commands_resolve_the_scheduler_host_to_its_ipv4_address():
+    # a host name that resolves on every machine: /etc/hosts names 127.0.0.1 localhost
+    lines = L.hostfile_commands(["python", "train.py"], 1, 1, ["localhost"], port=9200)
+    assert len(lines) == 3
+    for line in lines:
+        assert line.startswith("ssh -o StrictHostKeyChecking=no localhost ")
+        assert _remote_env(line)["DMLC_PS_ROOT_URI"] == "127.0.0.1"
+    # a numeric address is kept as it is (and needs no name service)
+    lines = L.hostfile_commands(["python", "train.py"], 2, 1, ["192.0.2.7", "192.0.2.8"])
+    assert {_remote_env(line)["DMLC_PS_ROOT_URI"] for line in lines} == {"192.0.2.7"}
+
+
+def test_hostfile_commands_refuse_a_scheduler_host_that_does_not_resolve(tmp_path, capsys):
+    # .invalid never resolves (RFC 6761)
+    with pytest.raises(ValueError, match=r"scheduler's host 'node-a\.invalid' .*does not resolve"):
+        L.hostfile_commands(["python", "train.py"], 1, 1, ["node-a.invalid", "localhost"])
+    from d2lbn.__main__ import main
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("node-a.invalid\nnode-b.invalid\n")
+    assert main(["launch", "-n", "2", "--hostfile", str(hostfile), "--", "python", "t.py"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "", "no command is printed"
+    assert captured.err.startswith("error: the scheduler's host 'node-a.invalid'")
+    assert "IP address" in captured.err
+
+
+def test_hostfile_commands_refuse_a_loopback_scheduler_with_other_hosts():
+    with pytest.raises(ValueError, match=r"'localhost' .*127\.0\.0\.1, a loopback address.*192\.0\.2\.2"):
+        L.hostfile_commands(["python", "train.py"], 2, 1, ["localhost", "192.0.2.2"])
+    # all on the first host: loopback is fine
+    assert len(L.hostfile_commands(["python", "train.py"], 2, 1, ["localhost", "localhost"])) == 4
+
+
+def _scheduler(env: dict, token: str) -> subprocess.Popen:
+    return subprocess.Popen(L.SERVER_COMMAND, cwd=ROOT, env={**_env(token), **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def test_printed_scheduler_command_listens_where_a_host_name_fails_to_bind():
+    """The scheduler line printed for host ``localhost``, run here without ssh, listens on its
+    port; the same environment with DMLC_PS_ROOT_URI=localhost stops at once: MXNet 1.9.1's
+    ZeroMQ binds no host name."""
+    port = L.free_port()
+    line = L.hostfile_commands(["python", "t.py"], 1, 1, ["localhost"], port=port)[0]
+    env = _remote_env(line)
+    assert env["DMLC_ROLE"] == "scheduler" and env["DMLC_PS_ROOT_URI"] == "127.0.0.1"
+    token = uuid.uuid4().hex
+    named = _scheduler({**env, "DMLC_PS_ROOT_URI": "localhost"}, token)     # the old command
+    try:
+        out, _ = named.communicate(timeout=120)
+    finally:
+        _kill_group(named)
+    assert named.returncode != 0 and "bind failed" in out, out[-2000:]
+    scheduler = _scheduler(env, token)
+    try:
+        deadline, listening = time.monotonic() + 120, False
+        while not listening and time.monotonic() < deadline and scheduler.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                listening = True
+            except OSError:
+                time.sleep(0.2)
+        assert listening and scheduler.poll() is None, scheduler.poll()
+    finally:
+        _kill_group(scheduler)
+    _assert_none_left(token)
 
 
 def test_read_hostfile_errors(tmp_path):
@@ -85,7 +189,8 @@ def test_read_hostfile_errors(tmp_path):
         L.read_hostfile(str(empty))
 
 
-def test_cli_hostfile_prints_commands_and_starts_nothing(tmp_path, capsys):
+def test_cli_hostfile_prints_commands_and_starts_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(L.socket, "gethostbyname", _fake_gethostbyname)
     from d2lbn.__main__ import main
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node-a\nnode-b\n")
@@ -347,9 +452,10 @@ NUMPY_124 = ("import numpy\n_getattr = numpy.__getattr__\n"
              "numpy.__getattr__ = _no_bool\nvars(numpy).pop('bool', None)\n")
 
 
-def test_hostfile_server_and_scheduler_commands_work_under_numpy_124(tmp_path):
+def test_hostfile_server_and_scheduler_commands_work_under_numpy_124(tmp_path, monkeypatch):
     """The printed scheduler/server commands ran `python -c 'import mxnet'`, which fails under
     NumPy >= 1.24 (numpy.bool is gone); the local launcher already restored the alias first."""
+    monkeypatch.setattr(L.socket, "gethostbyname", _fake_gethostbyname)
     lines = L.hostfile_commands(["python", "-m", "d2lbn", "train", "--kvstore", "dist_sync"], 1, 1,
                                 ["node-a"], port=9200, workdir=str(tmp_path))
     checked = 0
