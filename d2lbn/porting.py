@@ -1,6 +1,6 @@
-"""Carrying weights between MXNet and PyTorch (and reading Keras's layouts): the porting recipe.
+"""Weights carried between MXNet and PyTorch, Keras layouts read (the frameworks appendix, tests).
 
-The LeNets of :mod:`d2lbn.models` (and any ``Sequential`` of the layers below) map layer for layer:
+The porting recipe. The LeNets of :mod:`d2lbn.models` (and any ``Sequential`` of the layers below) map layer for layer:
 
 ==================================  ===============================  ===================================
 MXNet (Gluon / d2lbn)               PyTorch                          what is carried
