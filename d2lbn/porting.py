@@ -1,6 +1,7 @@
 """Weights carried between MXNet and PyTorch, Keras layouts read (the frameworks appendix, tests).
 
-The porting recipe. The LeNets of :mod:`d2lbn.models` (and any ``Sequential`` of the layers below) map layer for layer:
+The porting recipe: the LeNets of :mod:`d2lbn.models` (and any ``Sequential`` of the layers below)
+map layer for layer:
 
 ==================================  ===============================  ===================================
 MXNet (Gluon / d2lbn)               PyTorch                          what is carried
