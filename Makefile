@@ -69,7 +69,8 @@ test-numpy126: $(VENV126)/.installed
 # then tests/frameworks/: d2lbn's layers against torch.nn.BatchNorm1d/2d, Keras's BatchNormalization
 # and TF1's tf.compat.v1.layers, the three non-MXNet seeds, and the MXNet -> PyTorch -> MXNet porting.
 # Measured here (2 shared cores): the venv is 2.7 GB; a fresh build took 2 min 21 s (load ~2)
-# and 12 min 39 s with other developers' notebooks running (load ~12; 103 s of CPU time either way)
+# and 12 min 39 s with other developers' notebooks running (load ~12; 103 s of CPU time either way);
+# make test-frameworks from a fresh clone, build and 52 tests, 5 min 17 s (load ~8, pip cache warm).
 # (TensorFlow 0.9 GB of it, PyTorch 0.75 GB, the book's own requirements 0.74 GB as in .venv, the rest
 # TensorFlow's dependencies).
 # FRAMEWORKS_PIP_ARGS: extra pip arguments (where PyTorch's CPU wheel is not on disk, its index).
