@@ -9,10 +9,10 @@ suite needs:
   ``DMLC_ROLE=server`` or ``scheduler`` runs that role and, when the job ends, exits the
   process: ``sys.exit()`` in ``mxnet/kvstore/kvstore_server.py``; the import never
   returns), the workers run the command;
-* everything listens on 127.0.0.1 only, the scheduler on a port found free at launch
-  time (:func:`free_port`), servers and workers on free ports handed out in increasing
-  order, so that the rank the scheduler assigns (it sorts nodes by port) is the worker's
-  launch index;
+* everything listens on 127.0.0.1 only, on distinct ports found free at launch time
+  (:func:`free_ports`, all drawn together), the scheduler's first, then the servers' and
+  the workers' in increasing order, so that the rank the scheduler assigns (it sorts
+  nodes by port) is the worker's launch index;
 * each output line is prefixed with the process's role and rank, ``[worker 1] ...``;
 * MXNet's synchronous engine (``MXNET_ENGINE_TYPE=NaiveEngine``) unless the environment
   names another: with the default threaded engine, training through ``dist_sync`` gave
@@ -299,10 +299,9 @@ def launch(command: Sequence[str], num_workers: int, num_servers: int = 1, *,
     out = sys.stdout if out is None else out
     lock = threading.Lock()
     output_gone = threading.Event()
-    root_port = free_port()
-    # servers first, then workers, each with ports in increasing order: ranks follow
-    # launch order
-    ports = free_ports(num_servers + num_workers)
+    # all ports drawn together, so that they differ (the scheduler's too); then servers
+    # first, then workers, each with ports in increasing order: ranks follow launch order
+    root_port, *ports = free_ports(1 + num_servers + num_workers)
     server_ports, worker_ports = ports[:num_servers], ports[num_servers:]
     common = dict(root_uri=LOCALHOST, root_port=root_port, num_workers=num_workers,
                   num_servers=num_servers)

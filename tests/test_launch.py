@@ -45,6 +45,35 @@ def test_role_env_names_the_role_and_the_scheduler():
         L.role_env("worker", "127.0.0.1", 9000, 0, 1)
 
 
+def test_launch_draws_every_port_at_once_so_that_none_coincide(monkeypatch):
+    """The scheduler's port is drawn with the others (a port released before the others are
+    drawn could be handed out again); nothing is started: the first start fails."""
+    calls, envs = [], []
+    real = L.free_ports
+
+    def recording_free_ports(n, host=L.LOCALHOST):
+        calls.append(n)
+        return real(n, host)
+
+    def failing_start(proc, *args):             # records each process; the last fails
+        envs.append(dict(proc.env))
+        if len(envs) == 1 + 2 + 3:
+            raise OSError(2, "not started (test)")
+
+    monkeypatch.setattr(L, "free_ports", recording_free_ports)
+    monkeypatch.setattr(L, "_start", failing_start)
+    with pytest.raises(L.LaunchError, match="cannot start worker 2"):
+        L.launch(["true"], 3, num_servers=2)
+    assert calls == [1 + 2 + 3]
+    assert [e["DMLC_ROLE"] for e in envs] == ["scheduler"] + ["server"] * 2 + ["worker"] * 3
+    root = int(envs[0]["DMLC_PS_ROOT_PORT"])
+    servers = [int(e["PORT"]) for e in envs[1:3]]
+    workers = [int(e["PORT"]) for e in envs[3:]]
+    assert len({root, *servers, *workers}) == 6, "every port differs"
+    assert servers == sorted(servers) and workers == sorted(workers)
+    assert all(int(e["DMLC_PS_ROOT_PORT"]) == root for e in envs)
+
+
 def test_launch_rejects_bad_arguments():
     with pytest.raises(ValueError, match="command"):
         L.launch("python train.py", 2)
