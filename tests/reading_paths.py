@@ -30,7 +30,8 @@ PATHS = {
     "The whole book": ["ch01_formula", "ch02_train_inference", "ch03_backward", "ch04_lenet",
                        "ch05_gluon", "ch06_beyond", "ch07_devices", "ch07_processes", "ch08_why",
                        "ch09_practice", "ch10_misbehaves", "appendix_classic_bugs",
-                       "appendix_fast_mxnet", "appendix_parameter_server"],
+                       "appendix_fast_mxnet", "appendix_parameter_server",
+                       "appendix_frameworks"],
 }
 
 _FENCE = re.compile(r"(`{3,}|:{3,}).*?\n\1[ \t]*(?:\n|$)", re.S)
