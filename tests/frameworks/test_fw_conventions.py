@@ -6,8 +6,10 @@ all on the CPU, on the same Fashion-MNIST-derived batches and the same weights.
 What these tests found when run (each asserted below):
 * forward outputs (training and inference mode) and the gradients w.r.t. X, gamma and beta agree
   across all of them once eps is the same (d2lbn's three training paths: graph, closed-form, naive),
-  with one exception: gluon.nn.BatchNorm recorded in inference mode (CPU) returns an input gradient
-  that is not the derivative of its output (the training-mode formula on the moving statistics);
+  with one exception, isolated one factor at a time: gluon.nn.BatchNorm (CPU) recorded in inference
+  mode returns the training-mode formula's input gradient (on the moving statistics) when backward()
+  runs with its default train_mode=True, and the affine map's gradient with
+  backward(train_mode=False) or with use_global_stats=True: the backward call's mode decides;
 * momentum: MXNet/d2lbn 0.9 == PyTorch 0.1 == Keras 0.9 (Keras: moving = moving * m + batch * (1 - m));
 * stored variance: d2lbn and MXNet (CPU) average the biased batch variance; PyTorch the unbiased one
   (x m/(m-1)); Keras 2.15 the biased one for 2-D input BUT the unbiased one for 4-D input, where it
@@ -135,15 +137,15 @@ def test_training_forward_and_gradients_agree(kind, which):
 def test_inference_forward_and_gradients_agree(kind, which):
     """Inference mode (PyTorch eval(), Keras training=False, MXNet recorded with train_mode=False)
     normalises with the moving statistics: a fixed affine map of X, whose gradient is
-    w * gamma / sqrt(moving_var + eps). d2lbn's layers give that gradient, as PyTorch and Keras do.
-    MXNet's gluon.nn.BatchNorm (CPU, use_global_stats=False) does not (measured): its output is
-    right, but backward() runs the training-mode formula, with the moving statistics standing in
-    for the batch statistics, so its input gradient is not the derivative of what it computed."""
+    w * gamma / sqrt(moving_var + eps) (float64 NumPy). d2lbn's layers give that gradient with
+    MXNet's default backward(), as PyTorch and Keras do. Gluon's layer is compared here in its output
+    and its gamma and beta gradients; its input gradient depends on the backward call's mode, which
+    test_gluon_inference_input_gradient_follows_the_backward_mode isolates."""
     x = bn_inputs(kind)[1]
     C, ndim = x.shape[1], x.ndim
     w = loss_weights(x.shape)
     params = param_init(C)
-    gamma, beta, mean, var = params
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
     shape = (1, C) + (1,) * (ndim - 2)
     mine = mxnet_step(make_mxnet(which, C, ndim, params=params), x, w, training=False)
     theirs = torch_step(make_torch(C, ndim, params=params).eval(), x, w)
@@ -155,23 +157,72 @@ def test_inference_forward_and_gradients_agree(kind, which):
     for key in keys:
         assert_close(mine[key], theirs[key], f"{which} vs PyTorch eval(), {key}")
         assert_close(mine[key], keras[key], f"{which} vs Keras training=False, {key}")
+    if which != "gluon":
+        assert_close(mine["dx"], affine_dx, f"{which}: dx of the affine map")
     expected = gamma.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5) \
         + beta.reshape(shape)
     assert_close(mine["y"], expected, "inference output = the moving-statistics formula")
-    if which == "gluon":
-        axes = (0,) if ndim == 2 else (0, 2, 3)
-        xhat = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + 1e-5)
-        dy = w * gamma.reshape(shape)
-        train_formula = (dy - dy.mean(axes, keepdims=True)
-                         - xhat * (dy * xhat).mean(axes, keepdims=True)) \
-            / np.sqrt(var.reshape(shape) + 1e-5)
-        assert_differ(mine["dx"], affine_dx, "gluon inference-mode dx is not the affine map's")
-        assert_close(mine["dx"], train_formula,
-                     "gluon inference-mode dx = training formula on the moving statistics")
-        g = make_mxnet("gluon", C, ndim, params=params, momentum=0.9)
-        mxnet_step(g, x, w, training=False)
-        assert_close(mxnet_moving(g)[0], mean, "gluon: that backward() leaves the moving mean",
-                     rtol=1e-6, atol=1e-6)
+
+
+def gluon_inference_dx(x, w, params, backward_train_mode, use_global_stats=False):
+    """A gluon.nn.BatchNorm (CPU, eps 1e-5) with these gamma, beta and moving statistics, recorded
+    in inference mode (autograd.record(train_mode=False)), then loss.backward(train_mode=...):
+    the gradient of sum(w * y) w.r.t. x, and the layer."""
+    layer = gluon.nn.BatchNorm(epsilon=1e-5, in_channels=x.shape[1],
+                               use_global_stats=use_global_stats)
+    layer.initialize(ctx=mx.cpu())
+    for p, v in zip((layer.gamma, layer.beta, layer.running_mean, layer.running_var), params):
+        p.set_data(nd.array(v))
+    X = nd.array(x)
+    X.attach_grad()
+    with autograd.record(train_mode=False):
+        loss = (layer(X) * nd.array(w)).sum()
+    loss.backward(train_mode=backward_train_mode)
+    assert X.context == mx.cpu()
+    return X.grad.asnumpy(), layer
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gluon_inference_input_gradient_follows_the_backward_mode(kind):
+    """The cause, one factor at a time (MXNet 1.9.1, CPU). The same Gluon layer, recorded in
+    inference mode with the same data and statistics:
+    * loss.backward() (its default train_mode=True) returns the TRAINING-mode formula's input
+      gradient, with the moving statistics standing in for the batch's -- not the derivative of
+      the affine map the forward pass computed;
+    * loss.backward(train_mode=False) returns the affine map's gradient, w * gamma / sqrt(var + eps);
+    * use_global_stats=True with the default backward() returns the affine map's gradient too.
+    MXNet's CPU BatchNorm backward picks its formula by the backward pass's is_train (and
+    use_global_stats), not by the mode the forward pass was recorded in. Oracles: float64 NumPy."""
+    x = bn_inputs(kind)[1]
+    C, ndim = x.shape[1], x.ndim
+    w = loss_weights(x.shape)
+    params = param_init(C)
+    shape = (1, C) + (1,) * (ndim - 2)
+    axes = (0,) if ndim == 2 else (0, 2, 3)
+    gamma, _, mean, var = (p.astype(np.float64).reshape(shape) for p in params)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    inv_std = 1.0 / np.sqrt(var + 1e-5)
+    affine_dx = w64 * gamma * inv_std
+    xhat, dy = (x64 - mean) * inv_std, w64 * gamma
+    train_formula_dx = (dy - dy.mean(axes, keepdims=True)
+                        - xhat * (dy * xhat).mean(axes, keepdims=True)) * inv_std
+
+    default_dx, g = gluon_inference_dx(x, w, params, backward_train_mode=True)
+    assert_close(default_dx, train_formula_dx,
+                 "backward() (train_mode=True): the training formula on the moving statistics")
+    assert_differ(default_dx, affine_dx, "backward() (train_mode=True) is not the affine map's dx")
+    assert_close(mxnet_moving(g)[0], params[2], "that backward() leaves the moving mean",
+                 rtol=1e-6, atol=1e-6)
+
+    eval_dx, g = gluon_inference_dx(x, w, params, backward_train_mode=False)
+    assert_close(eval_dx, affine_dx, "backward(train_mode=False): the affine map's dx")
+    assert_differ(eval_dx, train_formula_dx, "backward(train_mode=False) is not the training one")
+    for got, want, what in zip(mxnet_moving(g), params[2:], ("mean", "variance")):
+        np.testing.assert_array_equal(got, want, err_msg=f"train_mode=False: moving {what} kept")
+
+    global_dx, _ = gluon_inference_dx(x, w, params, backward_train_mode=True,
+                                      use_global_stats=True)
+    assert_close(global_dx, affine_dx, "use_global_stats=True, backward(): the affine map's dx")
 
 
 def test_naive_batch_norm_function_agrees_with_torch():
