@@ -22,7 +22,8 @@ C, H, W order, so the arrays are copied unchanged. Two conventions differ and ar
   :func:`to_torch` sets it.
 * the stored variance: MXNet on the CPU (and d2lbn) averages the *biased* batch variance, PyTorch the
   *unbiased* one (x m/(m-1)). The moving statistics are copied as they are, so inference predictions
-  agree exactly; a net trained on in the other framework then mixes the two conventions.
+  agree to float32 rounding (the way back, PyTorch -> MXNet, copies every value bit for bit); a net
+  trained on in the other framework then mixes the two conventions.
 * eps is copied (d2lbn and Gluon default to 1e-5, as PyTorch does).
 
 Keras stores a Conv2D kernel as (kh, kw, I, O) and a Dense kernel as (in, out), and flattens
@@ -306,7 +307,7 @@ def to_torch(net: gluon.Block, input_shape: Optional[Sequence[int]] = None):
             eps, momentum = _bn_settings(block)
             size = _bn_params(block)[0].shape[0]
             kind = torch.nn.BatchNorm2d if rank == 4 else torch.nn.BatchNorm1d
-            layers.append(kind(size, eps=eps, momentum=1.0 - momentum))
+            layers.append(kind(size, eps=eps, momentum=round(1.0 - momentum, 12)))
         elif isinstance(block, nn.Activation):
             layers.append(_activation(block._act_type))
         elif isinstance(block, (nn.MaxPool2D, nn.AvgPool2D)):
