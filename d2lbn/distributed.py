@@ -416,10 +416,10 @@ def dist_trainer(nets, kv: mx.kvstore.KVStore, lr: float, momentum: float = 0.0,
 def step(trainer: gluon.Trainer, batch_size: int) -> None:
     """``trainer.step(batch_size)`` after every pending computation has finished.
 
-    With oneDNN (MXNet 1.9.1's CPU build), pushing the gradients while the backward
-    pass still ran asynchronously sent a wrong gradient of the last layer's weight
-    from one worker (the workers' weights parted after a step; every run here).
-    Waiting first avoids it.
+    Observed with MXNet 1.9.1's CPU build: without the wait, the workers' weights
+    parted after a step (every run here; the last layer's weight differed). Waiting
+    first avoids it. Why is not shown: that the push went out while the asynchronous
+    backward pass was still writing the gradient is a hypothesis, not reproduced.
     """
     nd.waitall()
     trainer.step(batch_size)
@@ -429,10 +429,11 @@ def _plain_layout(net: gluon.Block) -> None:
     """Give every initialised parameter a freshly allocated array in the plain
     (row-major) layout.
 
-    An inference-mode forward pass lets oneDNN rewrite convolution weights in place into
-    a blocked layout; the Trainer's first step then initialises the kvstore with such an
-    array, and in MXNet 1.9.1 the other workers' first pull can reach the server before
-    the value does (the server aborts: "init K first"). Plain arrays avoid it.
+    Observed with MXNet 1.9.1's CPU build: after an inference-mode forward pass, the
+    Trainer's first step sometimes made the server abort ("init K first"); with
+    freshly allocated plain arrays it did not. The suspected cause (oneDNN rewrote
+    convolution weights in place into a blocked layout, and the other workers' first
+    pull reached the server before the value did) is a hypothesis, not reproduced.
     """
     for p in net.collect_params().values():
         if p._data is not None:
