@@ -649,7 +649,7 @@ def test_cli_stdout_closed_early_is_a_quiet_exit(tmp_path, lines):
 
 def test_launch_hostfile_piped_to_head_is_a_quiet_exit(tmp_path):
     hosts = tmp_path / "hosts"
-    hosts.write_text("node-a\n")
+    hosts.write_text("192.0.2.1\n")   # a numeric address: the scheduler needs one
     # 1000 workers: more lines than a pipe holds, so the printing meets head's exit for certain
     shown, status, stderr = _piped_to_head(["launch", "-n", "1000", "--hostfile", str(hosts), "--",
                                             "python", "train.py"], 1, tmp_path)
