@@ -12,10 +12,15 @@ statistics and leave them alone. What these tests show instead:
   (0.99, 1e-3), so its two nets do not hold the same layer; and on conv (4-D) inputs Keras's own layer
   stores the unbiased variance (the fused kernel), the custom layer the biased one (tf.nn.moments);
 * the seed's LeNet ends in ``Dense(10, activation='sigmoid')`` under
-  ``sparse_categorical_crossentropy``: its outputs are no probabilities (a row does not sum to 1) and
-  the loss Keras computes is -log(s_y / sum_k s_k), Keras renormalising the sigmoids, not the
-  cross-entropy of a softmax. That is the seed's slip (in its net, not its layer); the fix ends the net
-  in ``Dense(10)`` (logits) with ``from_logits=True``, which is what d2lbn's LeNet computes.
+  ``sparse_categorical_crossentropy``: its outputs are no probabilities (a row does not sum to 1),
+  but that is no slip in its loss with Keras 2.15. Keras's ``sigmoid`` stores its input (the logits
+  z) on the output tensor (``_keras_logits``), and the cross-entropy, handed that tensor (as
+  ``fit``, ``evaluate`` and a call on the output do), computes the softmax cross-entropy of z; only a
+  NumPy copy of the outputs, which carries no logits, gets -log(s_y / sum_k s_k), the renormalised
+  sigmoids. So ``fit`` trains the seed's net to the weights of the net ending in ``Dense(10)`` with
+  ``from_logits=True`` (bit for bit), and the sigmoid changes only what ``predict`` returns
+  (sigmoid(z), the same class). The comparison with d2lbn uses that logits head, whose outputs are
+  the scores d2lbn's LeNet returns.
 
 The fixed Keras LeNet (the seed's custom layer, logits out) is checked against
 ``d2lbn.models.lenet_bn('sigmoid')`` with the same weights (Keras layouts read by d2lbn.porting):
@@ -170,16 +175,82 @@ def test_seed_layer_in_fit_evaluate_predict():
 
 # ---- the seed's LeNet: its head, then the fixed net against d2lbn -------------------------------------
 
-def test_seed_lenet_sigmoid_head_is_renormalised_by_the_loss():
+def _softmax_ce(z, y):
+    """Float64 oracle: -log softmax(z)_y per example."""
+    z = np.asarray(z, np.float64)
+    return np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1) - z[np.arange(len(y)), y]
+
+
+def _renormalised(s, y):
+    """Float64 oracle: -log(s_y / sum_k s_k) per example (the renormalised sigmoids)."""
+    s = np.asarray(s, np.float64)
+    return -np.log(s[np.arange(len(y)), y] / s.sum(1))
+
+
+def _compiled(net, loss):
+    net.compile(loss=loss, optimizer=keras.optimizers.RMSprop())    # the seed's optimizer
+    return net
+
+
+def test_seed_lenet_loss_is_the_softmax_ce_of_the_stored_logits():
+    """The seed's path: compile('sparse_categorical_crossentropy'), evaluate, the loss on the output
+    tensor. All three are the softmax CE of the pre-sigmoid logits, NOT the renormalised sigmoids;
+    only a NumPy copy of the outputs is renormalised."""
     keras.utils.set_random_seed(0)
-    net = seed_lenet(sigmoid_head=True)
+    net = _compiled(seed_lenet(sigmoid_head=True), "sparse_categorical_crossentropy")
     X, y = fashion(BATCH)
-    out = net(nhwc(X), training=False).numpy()
-    assert np.abs(out.sum(axis=1) - 1).max() > 0.5, "sigmoid outputs: rows do not sum to 1"
-    loss = keras.losses.sparse_categorical_crossentropy(y, out).numpy()
-    picked = out[np.arange(len(y)), y]
-    assert_close(loss, -np.log(picked / out.sum(axis=1)), "Keras renormalises: -log(s_y / sum s)")
-    assert_differ(loss, -np.log(picked), "... so the loss is not -log(s_y)")
+    x = nhwc(X)
+    kernel, bias = net.layers[-1].get_weights()
+    features = keras.Model(net.inputs, net.layers[-2].output)(x, training=False).numpy()
+    z = features.astype(np.float64) @ kernel + bias                 # the logits, float64
+    out = net(x, training=False)
+    s = out.numpy()
+    assert np.abs(s.sum(axis=1) - 1).max() > 0.5, "sigmoid outputs: rows do not sum to 1"
+    assert_close(s, 1 / (1 + np.exp(-z)), "the outputs are sigmoid(z)")
+    softmax_ce, renormalised = _softmax_ce(z, y), _renormalised(s, y)
+    assert_differ(softmax_ce, renormalised, "the two formulas differ on this batch")
+    evaluated = net.evaluate(x, y, batch_size=BATCH, verbose=0)
+    assert_close(evaluated, softmax_ce.mean(), "evaluate: softmax CE of the logits")
+    assert_differ(evaluated, renormalised.mean(), "evaluate: not the renormalised sigmoids")
+    tensor_loss = keras.losses.sparse_categorical_crossentropy(y, out)
+    assert_close(tensor_loss, softmax_ce, "loss on the output tensor: softmax CE")
+    assert_differ(tensor_loss, renormalised, "loss on the output tensor: not renormalised")
+    assert_close(keras.losses.sparse_categorical_crossentropy(y, s), renormalised,
+                 "loss on a NumPy copy (no stored logits): renormalised")
+
+
+def test_seed_lenet_fit_trains_the_softmax_classifier():
+    """fit with the seed's head and loss reaches the weights of the logits head with
+    from_logits=True (same start, same batches), not those of a net trained on the renormalised
+    sigmoids; predict differs only by the sigmoid."""
+    keras.utils.set_random_seed(1)
+    seed_net = seed_lenet(sigmoid_head=True)
+    start = seed_net.get_weights()
+
+    def renormalising(labels, outputs):          # a new tensor: no stored logits
+        return keras.losses.sparse_categorical_crossentropy(labels, tf.identity(outputs))
+
+    nets = {"seed": (seed_net, "sparse_categorical_crossentropy"),
+            "logits": (seed_lenet(sigmoid_head=False),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
+            "renormalised": (seed_lenet(sigmoid_head=True), renormalising)}
+    X, y = fashion(BATCH * (STEPS + 1))
+    x = nhwc(X)
+    for net, loss in nets.values():
+        net.set_weights(start)
+        _compiled(net, loss).fit(x[:BATCH * STEPS], y[:BATCH * STEPS], batch_size=BATCH,
+                                 epochs=1, shuffle=False, verbose=0)
+    flat = {k: np.concatenate([w.ravel() for w in net.get_weights()])
+            for k, (net, _) in nets.items()}
+    assert_differ(flat["seed"], np.concatenate([w.ravel() for w in start]), "fit moved them")
+    np.testing.assert_array_equal(flat["seed"], flat["logits"],
+                                  "the seed's fit = the softmax classifier's, bit for bit")
+    assert_differ(flat["seed"], flat["renormalised"], "... not the renormalised sigmoids'")
+    x_test = x[BATCH * STEPS:]
+    p_seed = seed_net.predict(x_test, verbose=0)
+    p_logits = nets["logits"][0].predict(x_test, verbose=0).astype(np.float64)
+    assert_close(p_seed, 1 / (1 + np.exp(-p_logits)), "predict: sigmoid of the logits head")
+    np.testing.assert_array_equal(p_seed.argmax(1), p_logits.argmax(1), "the same classes")
 
 
 def keras_to_mxnet(knet, net):
