@@ -31,8 +31,13 @@ suite needs:
 
 With ``--hostfile FILE`` (one host per line) :func:`hostfile_commands` prints, instead
 of running anything, the ``ssh`` command lines that start the same job on several
-machines, as MXNet's ssh launcher would, with the first host's name resolved to its
-IPv4 address for ``DMLC_PS_ROOT_URI`` (:func:`scheduler_address`).
+machines, the scheduler on the first host, with the first host's name resolved to its
+IPv4 address for ``DMLC_PS_ROOT_URI`` (:func:`scheduler_address`). That is not what
+MXNet's ssh launcher does (``tools/launch.py --launcher ssh``: dmlc-core's
+``tracker/dmlc_tracker/ssh.py`` and ``tracker.py`` at the commit MXNet 1.9.1 pins,
+5df8305): it starts the scheduler itself, on the submitting machine, and tells every
+process that machine's own address (``get_host_ip``); only servers and workers go over
+ssh (see :func:`hostfile_commands`).
 """
 from __future__ import annotations
 
@@ -419,9 +424,11 @@ def scheduler_address(hosts: Sequence[str]) -> str:
     The scheduler binds ``DMLC_PS_ROOT_URI`` through ZeroMQ, which for a bind accepts
     a numeric address or a network interface's name, never a host name: with
     ``localhost`` MXNet 1.9.1's scheduler stops at once ("bind failed"), with
-    ``127.0.0.1`` it listens. MXNet's own launcher passes an address too
-    (``get_host_ip`` in dmlc-core's tracker, with ``socket.gethostbyname``), and so
-    does this. The address must be one every host reaches: a name that does not
+    ``127.0.0.1`` it listens. MXNet's own ssh launcher passes an address too, but of
+    the submitting machine, where it runs the scheduler (``get_host_ip`` in dmlc-core's
+    tracker resolves that machine's own name with ``socket.gethostbyname``); this
+    resolves the first host's name, where :func:`hostfile_commands` puts the scheduler.
+    The address must be one every host reaches: a name that does not
     resolve here (say, one known only to ssh's configuration), or that resolves to a
     loopback address while other hosts take part, is refused (ValueError naming the
     host); write the first host's IP address in the hostfile then.
@@ -449,13 +456,23 @@ def hostfile_commands(command: Sequence[str], num_workers: int, num_servers: int
                       workdir: Optional[str] = None) -> List[str]:
     """Shell command lines (``ssh HOST '...'``) that start the job on several machines.
 
-    As MXNet's ssh launcher does: the scheduler runs on the first host at ``port``, and
-    every process is told the first host's numeric address (:func:`scheduler_address`:
-    a host name is resolved here, ValueError if it cannot be); servers and workers are
-    placed on the hosts in turn (round robin), each with its ``DMLC_*`` environment;
-    every host must reach that address and ``port`` and have the same Python environment
-    and ``workdir`` (default: the current directory). ssh is given the names as written.
-    Returns one line per process, scheduler first.
+    The scheduler runs on the first host at ``port``, and every process is told the
+    first host's numeric address (:func:`scheduler_address`: a host name is resolved
+    here, ValueError if it cannot be); servers and workers are placed on the hosts in
+    turn (round robin, each role from the first host), each with its ``DMLC_*``
+    environment and no ``DMLC_NODE_HOST``; every host must reach that address and
+    ``port`` and have the same Python environment and ``workdir`` (default: the current
+    directory). ssh is given the names as written. Returns one line per process,
+    scheduler first.
+
+    MXNet's ssh launcher (MXNet 1.9.1's ``tools/launch.py --launcher ssh``, dmlc-core
+    5df8305, ``tracker/dmlc_tracker/ssh.py`` and ``tracker.py``) differs: ``PSTracker``
+    starts the scheduler on the submitting machine, not over ssh, at a port it finds free
+    there from 9091 up, with ``DMLC_PS_ROOT_URI`` that machine's own address
+    (``get_host_ip``: ``socket.gethostbyname(socket.getfqdn())``, or, if that is
+    127.x, the address of the interface it would send from); it sends only the servers
+    and then the workers over ssh, one counter over both (process ``i`` on host
+    ``i % len(hosts)``), each with ``DMLC_NODE_HOST`` set to its host as written.
     """
     command = _check_args(command, num_workers, num_servers)
     hosts = list(hosts)
