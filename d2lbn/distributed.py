@@ -167,8 +167,17 @@ class KeyAllocator:
 def all_reduce(kv: mx.kvstore.KVStore, key: int, value: nd.NDArray,
                out: Optional[nd.NDArray] = None) -> nd.NDArray:
     """The sum over all workers of ``value`` (any shape), through ``kv`` under ``key``
-    (initialised with that shape and dtype). Returns ``out`` (a new array if None); does
-    not block: later operations on the result wait for it."""
+    (initialised with that shape and dtype). Returns ``out`` (a new array if None).
+
+    Whether it blocks depends on MXNet's engine (read in MXNet 1.9.1's source). Under
+    ``NaiveEngine``, which the launcher sets in every process unless the environment
+    names another, so in every job of this book, it blocks: the engine waits for each
+    operation's completion (``PushAsync`` ends in ``future.wait()``,
+    ``src/engine/naive_engine.cc``), a push completes when the server answers it, and
+    with ``dist_sync`` the server answers once every worker has pushed ``key``
+    (``ApplyUpdates``, ``src/kvstore/kvstore_dist_server.h``); the pull then returns
+    with the sum in ``out``. Under the default threaded engine the push and the pull
+    are queued and the call returns at once; later operations on ``out`` wait for it."""
     out = (nd.empty(value.shape, ctx=value.context, dtype=value.dtype) if out is None
            else out)
     kv.push(key, value)
