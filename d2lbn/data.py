@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import mxnet as mx
 from mxnet import gluon, nd
 
 from .checks import check_int
@@ -443,16 +444,13 @@ def get_fashion_mnist_labels(indices) -> List[str]:
 # ---- the data as in-memory arrays, and a loader over them (ch06, ch07, ch08, ch09, ch10) ----------
 
 def fashion_arrays(train_limit: Optional[int] = None, test_limit: Optional[int] = None,
-                   flatten: bool = False, ctx=None
+                   flatten: bool = False, ctx: mx.Context = mx.cpu()
                    ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray, nd.NDArray]:
     """Fashion-MNIST as four arrays on ``ctx``: ``(train_X, train_y, test_X, test_y)``.
 
     X: (n, 1, 28, 28) float32 in [0, 1], or (n, 784) with ``flatten=True``; y: (n,) float32 labels.
     ``train_limit``/``test_limit`` keep the first n examples of each split (all when None).
-    ``ctx``: an ``mx.Context`` (the CPU when None).
     """
-    import mxnet as mx
-    ctx = mx.cpu() if ctx is None else ctx
     (train_X, train_y), (test_X, test_y) = read_fashion_mnist()
     out = []
     for images, labels, limit, name in ((train_X, train_y, train_limit, "train_limit"),

@@ -24,7 +24,6 @@ statistics of a layer are per channel (axis 1), arrays of shape ``(C,)`` or ``(D
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 

@@ -11,10 +11,12 @@ equations; the usual 200-250 a minute is for plain prose), rounded to the neares
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prose_numbers import markdown_cells, read_notebook  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS_PER_MINUTE = 150
@@ -35,21 +37,22 @@ PATHS = {
                        "appendix_frameworks"],
 }
 
-_FENCE = re.compile(r"(`{3,}|:{3,}).*?\n\1[ \t]*(?:\n|$)", re.S)
+#: A fenced block: its opening line (code language or directive) and its body.
+_FENCE = re.compile(r"(`{3,}|:{3,})([^\n]*)\n(.*?)\n?\1[ \t]*(?:\n|$)", re.S)
+_ADMONITION = re.compile(r"\{(admonition|note|warning|tip|dropdown|important|caution)\}")
 _WORD = re.compile(r"\{glue:text\}`[^`]*`|[A-Za-z][\w'\u2019-]*")
+
+
+def _prose_of_fence(m: re.Match) -> str:
+    """An admonition's body is prose; any other fence (code, a directive's options) is not."""
+    return "\n" + m.group(3) + "\n" if _ADMONITION.match(m.group(2)) else " "
 
 
 def prose_words(notebook: Path) -> int:
     """Words of prose in a notebook's markdown cells (see the module docstring)."""
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-    # a fence's body is code or a directive's options; an admonition's prose is kept
-    kept = []
-    for m in re.finditer(r"(`{3,}|:{3,})([^\n]*)\n(.*?)\n\1[ \t]*(?:\n|$)", text, re.S):
-        if re.match(r"\{(admonition|note|warning|tip|dropdown|important|caution)\}", m.group(2)):
-            kept.append(m.group(3))
-    text = _FENCE.sub(" ", text) + "\n" + "\n".join(kept)
-    return len(_WORD.findall(text))
+    _, nb = read_notebook(notebook)
+    text = "\n".join(source for _, source in markdown_cells(nb))
+    return len(_WORD.findall(_FENCE.sub(_prose_of_fence, text)))
 
 
 def path_length(notebooks) -> tuple[int, int]:

@@ -12,11 +12,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "d2lbn"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
-def module_level_imports(name):
-    """The d2lbn modules ``name`` imports at module level (imports inside functions are lazy)."""
+def d2lbn_imports(name, anywhere=False):
+    """The d2lbn modules ``name`` imports: at module level, or with ``anywhere`` also inside
+    functions (lazy imports)."""
     tree = ast.parse((PACKAGE / f"{name}.py").read_text())
     found = set()
-    for node in tree.body:
+    for node in ast.walk(tree) if anywhere else tree.body:
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             if node.module:
                 found.add(node.module.split(".")[0])
@@ -24,7 +25,17 @@ def module_level_imports(name):
                 found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("d2lbn."):
             found.add(node.module.split(".")[1])
-    return found & set(MODULES)
+        elif isinstance(node, ast.ImportFrom) and node.module == "d2lbn":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[1] for alias in node.names
+                         if alias.name.startswith("d2lbn."))
+    return found & (set(MODULES) | {"__init__"})
+
+
+def module_level_imports(name):
+    """The d2lbn modules ``name`` imports at module level (imports inside functions are lazy)."""
+    return d2lbn_imports(name) & set(MODULES)
 
 
 def test_no_import_cycle():
@@ -61,22 +72,7 @@ STUDIES = {"experiments": 6, "landscape": 8, "practice": 9, "diagnose": 10, "cla
 
 def all_imports(name):
     """The d2lbn modules ``name`` imports anywhere: at module level and inside functions."""
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                found.add(node.module.split(".")[0])
-            else:
-                found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("d2lbn."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.ImportFrom) and node.module == "d2lbn":
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name.split(".")[1] for alias in node.names
-                         if alias.name.startswith("d2lbn."))
-    return found & (set(MODULES) | {"__init__"})
+    return d2lbn_imports(name, anywhere=True)
 
 
 def upward_imports(graph):
