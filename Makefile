@@ -50,10 +50,13 @@ bench: $(STAMP)
 
 # The unit tests again under NumPy 1.26, the NumPy of the Colab route (README, "Which Python"): same
 # requirements with numpy>=1.26,<2, in their own venv (kept and reused; CI runs this after make test).
+# This tier also has ONNX Runtime (ch12): every onnxruntime wheel for Python 3.11 needs numpy>=1.24.2,
+# so it cannot join .venv; tests/test_onnx_runtime.py runs here and skips in .venv.
 VENV126 ?= .venv-numpy126
 $(VENV126)/.installed: requirements.txt pyproject.toml
 	PYTHON='$(PYTHON)' tools/make_venv.sh $(VENV126)
 	sed -E 's/^numpy([<>=!~ ].*)?$$/numpy>=1.26,<2/' requirements.txt > $(VENV126)/requirements.txt
+	echo 'onnxruntime==1.16.3' >> $(VENV126)/requirements.txt
 	$(VENV126)/bin/pip install -q -r $(VENV126)/requirements.txt
 	$(VENV126)/bin/pip install -q --no-deps -e .
 	touch $@
