@@ -1,0 +1,230 @@
+"""ch12: the experiments of "Batch norm at deployment and under memory limits".
+
+Training (:func:`fit_lenet`, with an optional L1 penalty on gamma), post-training quantization of
+the folded LeNet (:func:`ptq_accuracies`), Network Slimming (:func:`slimming_run`), the moving
+statistics at the start of training (:func:`steps_to_forget`, :func:`start_of_training_run`) and
+the double update of the moving statistics under gradient checkpointing
+(:func:`double_update_ratio`). Every net is a LeNet with ``gluon.nn.BatchNorm``
+(``d2lbn.models.lenet_bn_gluon``) on Fashion-MNIST arrays ``(train_X, train_y, test_X, test_y)``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd, gluon, nd
+from mxnet.lr_scheduler import CosineScheduler
+
+from . import compress as C
+from .checks import check_int, check_momentum, check_real
+from .data import ArrayLoader
+from .models import lenet_bn, lenet_bn_gluon
+from .moving_stats import (batch_norm_layers, frozen_moving_statistics, imperative,
+                           layer_statistics, remove_initial_values, set_layer_statistics)
+from .practice import evaluate
+from .resnet import count_parameters
+from .training import set_seed
+
+__all__ = ["make_lenet", "fit_lenet", "ptq_accuracies", "SlimmingResult", "slimming_run",
+           "steps_to_forget", "gluon_precise_statistics", "start_of_training_run", "double_update_ratio"]
+
+
+def make_lenet() -> gluon.nn.HybridSequential:
+    """A new hybridized LeNet with ``gluon.nn.BatchNorm`` (momentum 0.9, eps 1e-5)."""
+    net = lenet_bn_gluon()
+    net.hybridize()
+    return net
+
+
+def fit_lenet(net, data, num_epochs: int, lr: float, seed: int, *, init: bool = True,
+              l1: float = 0.0, batch_size: int = 128, momentum: float = 0.9,
+              max_steps: Optional[int] = None) -> List[float]:
+    """Train ``net`` with SGD (momentum), softmax cross-entropy and a half-cosine learning rate,
+    adding ``l1 * sum|gamma|`` to the mean loss (``d2lbn.compress.add_gamma_l1_grad``) when
+    ``l1 > 0``; test accuracy after every epoch. ``init``: Xavier-initialise first (else keep the
+    weights: fine-tuning). ``max_steps``: stop after that many steps (then one accuracy, at the
+    end). On the CPU the moving statistics are updated once per step, in ``backward()``."""
+    num_epochs = check_int("num_epochs", num_epochs)
+    train_X, train_y, test_X, test_y = data
+    set_seed(seed)
+    if init:
+        net.initialize(mx.init.Xavier(), force_reinit=True)
+    loader = ArrayLoader(train_X, train_y, batch_size, shuffle=True)
+    total = num_epochs * len(loader) if max_steps is None else max_steps
+    sched = CosineScheduler(max_update=max(total, 1), base_lr=lr, final_lr=0.0)
+    trainer = gluon.Trainer(net.collect_params(), "sgd",
+                            {"learning_rate": lr, "momentum": momentum, "lr_scheduler": sched})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    accs, step = [], 0
+    for _ in range(num_epochs):
+        for X, y in loader:
+            with autograd.record():
+                loss = loss_fn(net(X), y)
+            loss.backward()
+            if l1 > 0:
+                C.add_gamma_l1_grad(net, l1, X.shape[0])
+            trainer.step(X.shape[0])
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                return [evaluate(net, test_X, test_y)]
+        accs.append(evaluate(net, test_X, test_y))
+    return accs
+
+
+def ptq_accuracies(net, test_X: nd.NDArray, test_y: nd.NDArray,
+                   bits: Sequence[int]) -> Dict[str, float]:
+    """Test accuracy of ``net`` (a trained LeNet with batch norm): ``'float'``, ``'folded'``,
+    and for every b in ``bits`` the folded net with fake-quantized weights per tensor
+    (``'b per tensor'``) and per channel (``'b per channel'``), and the unfolded net with its
+    weights quantized per tensor and batch norm kept in float (``'b per tensor, unfolded'``)."""
+    folded = C.fold_sequential(net)
+    out = {"float": evaluate(net, test_X, test_y), "folded": evaluate(folded, test_X, test_y)}
+    for b in bits:
+        for per_channel, name in ((False, "per tensor"), (True, "per channel")):
+            out[f"{b} {name}"] = evaluate(C.quantize_weights(folded, b, per_channel),
+                                          test_X, test_y)
+        out[f"{b} per tensor, unfolded"] = evaluate(
+            C.quantize_weights(net, b, False, keep_batch_norm=True), test_X, test_y)
+    return out
+
+
+@dataclass
+class SlimmingResult:
+    """One seed of Network Slimming: accuracies of the net trained with the L1 penalty
+    (``trained``), right after pruning (``pruned``) and after fine-tuning (``tuned``); parameters
+    before and after; channels kept per batch-norm layer; the same pruning applied to a net trained
+    without the penalty (``plain_pruned``, before fine-tuning)."""
+    trained: float
+    pruned: float
+    tuned: float
+    plain_pruned: float
+    params_before: int
+    params_after: int
+    kept: List[int] = field(default_factory=list)
+    gammas: List[np.ndarray] = field(default_factory=list)
+
+
+def slimming_run(seed: int, data, plain_net, num_epochs: int, lr: float, l1: float, ratio: float,
+                 tune_epochs: int, tune_lr: float) -> SlimmingResult:
+    """Train a LeNet with ``l1 * sum|gamma|`` added to the loss, prune the ``ratio`` of channels with
+    the smallest |gamma| (one threshold over all layers), fine-tune ``tune_epochs``. ``plain_net``:
+    the same LeNet trained without the penalty (same seed), pruned the same way for contrast."""
+    test_X, test_y = data[2], data[3]
+    net = make_lenet()
+    trained = fit_lenet(net, data, num_epochs, lr, seed, l1=l1)[-1]
+    masks = C.slimming_masks(net, ratio)
+    small = C.prune_sequential(net, masks)
+    small.hybridize()
+    pruned = evaluate(small, test_X, test_y)
+    tuned = fit_lenet(small, data, tune_epochs, tune_lr, seed, init=False)[-1]
+    plain_small = C.prune_sequential(plain_net, C.slimming_masks(plain_net, ratio))
+    gammas = [layer.gamma.data().asnumpy() for layer in batch_norm_layers(net)]
+    return SlimmingResult(trained, pruned, tuned, evaluate(plain_small, test_X, test_y),
+                          count_parameters(net), count_parameters(small),
+                          [int(m.sum()) for m in masks], gammas)
+
+
+def steps_to_forget(momentum: float, fraction: float = 0.01) -> int:
+    """Updates until the initial value's weight ``momentum**t`` in the moving average drops below
+    ``fraction``: the smallest t with ``momentum**t < fraction``."""
+    check_momentum(momentum)
+    fraction = check_real("fraction", fraction, positive=True)
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1); got {fraction}")
+    if momentum == 0:
+        return 1
+    t = math.ceil(math.log(fraction) / math.log(momentum))
+    return t + 1 if momentum ** t >= fraction else t
+
+
+def gluon_precise_statistics(net, X: nd.NDArray, batch_size: int = 128
+                             ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Precise statistics (Wu & Johnson, 2021) of every ``gluon.nn.BatchNorm`` layer of ``net``:
+    over the batches ``X[i:i+batch_size]`` (N, ...) with the net in training mode and the weights
+    fixed, ``mean = E[mu_B]`` and ``var = E[sigma2_B + mu_B**2] - mean**2`` (biased batch
+    variances, equal weights; a last partial batch is dropped). One float64 (mean, var) pair (C,)
+    per layer; the net's moving statistics are left unchanged. (``d2lbn.moving_stats.
+    precise_statistics`` does this for d2lbn's own layer.)"""
+    layers = batch_norm_layers(net)
+    if not layers:
+        raise ValueError("net has no batch-norm layer")
+    sums = [[0.0, 0.0] for _ in layers]
+
+    def make_hook(acc):
+        def hook(block, inputs):
+            Z = inputs[0].asnumpy().astype(np.float64)
+            axes = (0,) if Z.ndim == 2 else (0, 2, 3)
+            mean = Z.mean(axis=axes)
+            acc[0] = acc[0] + mean
+            acc[1] = acc[1] + Z.var(axis=axes) + mean ** 2
+        return hook
+    n = X.shape[0] // batch_size
+    if n < 1:
+        raise ValueError(f"X has {X.shape[0]} rows, fewer than one batch of {batch_size}")
+    with imperative(net), frozen_moving_statistics(net):
+        handles = [layer.register_forward_pre_hook(make_hook(acc))
+                   for layer, acc in zip(layers, sums)]
+        try:
+            with autograd.train_mode():
+                for i in range(n):
+                    net(X[i * batch_size:(i + 1) * batch_size])
+        finally:
+            for h in handles:
+                h.detach()
+    return [(m / n, np.maximum(sq / n - (m / n) ** 2, 0.0)) for m, sq in sums]
+
+
+def start_of_training_run(seed: int, data, steps: Sequence[int], lr: float,
+                          precise_batches: int = 20) -> Dict[str, List[float]]:
+    """Train a fresh LeNet (momentum 0.9 in its batch norm) for each t in ``steps`` (t steps, then
+    stop) and measure test accuracy with MXNet's stored moving statistics (``'stored'``), with
+    them bias-corrected (``d2lbn.moving_stats.remove_initial_values`` with t updates:
+    ``'corrected'``) and with precise statistics over ``precise_batches`` training batches
+    (``'precise'``, the reference). Also ``'stored_err'``/``'corrected_err'``: the largest
+    |moving mean - precise mean| over the first layer's channels."""
+    out: Dict[str, List[float]] = {k: [] for k in ("stored", "corrected", "precise",
+                                                   "stored_err", "corrected_err")}
+    train_X, train_y, test_X, test_y = data
+    for t in steps:
+        t = check_int("each of steps", t)
+        net = make_lenet()
+        fit_lenet(net, data, 10 ** 6, lr, seed, max_steps=t)
+        layers = batch_norm_layers(net)
+        stored = [layer_statistics(layer) for layer in layers]
+        corrected = remove_initial_values(stored, t, momentum=0.9)
+        precise = gluon_precise_statistics(net, train_X[:precise_batches * 128])
+        out["stored"].append(evaluate(net, test_X, test_y))
+        for layer, (mean, var) in zip(layers, corrected):
+            set_layer_statistics(layer, mean, var)
+        out["corrected"].append(evaluate(net, test_X, test_y))
+        for layer, (mean, var) in zip(layers, precise):
+            set_layer_statistics(layer, mean, var)
+        out["precise"].append(evaluate(net, test_X, test_y))
+        out["stored_err"].append(float(np.abs(stored[0][0] - precise[0][0]).max()))
+        out["corrected_err"].append(float(np.abs(corrected[0][0] - precise[0][0]).max()))
+    return out
+
+
+def double_update_ratio(scratch: bool, fix: bool, seed: int = 0,
+                        cuts: Sequence[int] = (4, 8)) -> np.ndarray:
+    """One checkpointed gradient step (``d2lbn.compress.checkpointed_step``) of a fresh LeNet on a
+    random batch of 16, from moving mean 0: the first batch-norm layer's stored mean divided by the
+    batch mean of its input (NumPy, per channel). One update with momentum 0.9 gives 0.1, two give
+    1 - 0.9**2 = 0.19. ``scratch``: d2lbn's BatchNorm (updates in the forward pass), else
+    ``gluon.nn.BatchNorm`` (on the CPU, updates in ``backward()``)."""
+    set_seed(seed)
+    net = lenet_bn() if scratch else lenet_bn_gluon()
+    net.initialize(mx.init.Xavier())
+    X = nd.random.uniform(shape=(16, 1, 28, 28))
+    y = nd.array(np.arange(16) % 10)
+    with autograd.predict_mode():
+        net(X)                                       # shapes, no statistics update
+    segments = C.split_sequential(net, list(cuts))
+    C.checkpointed_step(segments, X, y, gluon.loss.SoftmaxCrossEntropyLoss(), fix=fix)
+    with autograd.predict_mode():
+        mu = net[0](X).asnumpy().astype(np.float64).mean(axis=(0, 2, 3))
+    return layer_statistics(batch_norm_layers(net)[0])[0] / mu
