@@ -27,7 +27,8 @@ from .moving_stats import batch_norm_layers, frozen_moving_statistics, is_batch_
 
 __all__ = ["check_bits", "fake_quantize", "channel_ranges", "fold_sequential",
            "quantize_weights", "affine_layers", "slimming_masks", "prune_sequential",
-           "add_gamma_l1_grad", "checkpointed_step", "split_sequential"]
+           "add_gamma_l1_grad", "checkpointed_step", "split_sequential",
+           "fake_quantize_ste", "QATFolded", "qat_lenet", "freeze_qat_statistics"]
 
 AFFINE = (nn.Conv2D, nn.Dense)
 
@@ -355,3 +356,121 @@ def split_sequential(net: gluon.Block, cuts: Sequence[int]) -> List[gluon.Block]
             seg.add(child)
         segments.append(seg)
     return segments
+
+
+# ---- quantization-aware training with batch norm folded ----------------------------------------
+
+def fake_quantize_ste(W: nd.NDArray, bits: int = 8, per_channel: bool = False) -> nd.NDArray:
+    """:func:`fake_quantize` in MXNet operators, differentiable with the straight-through
+    estimator: the forward value is the quantized W, the gradient passes as if quantization were
+    the identity. W: (C_out, ...) NDArray."""
+    bits = check_bits(bits)
+    q = 2 ** (bits - 1) - 1
+    A = nd.abs(W)
+    if per_channel:
+        peak = nd.max(A.reshape((W.shape[0], -1)), axis=1).reshape((-1,) + (1,) * (W.ndim - 1))
+    else:
+        peak = nd.max(A).reshape((1,) * W.ndim)
+    scale = nd.stop_gradient(nd.where(peak > 0, peak / q, nd.ones_like(peak)))
+    Wq = nd.broadcast_mul(nd.clip(nd.round(nd.broadcast_div(W, scale)), -q, q), scale)
+    return W + nd.stop_gradient(Wq - W)
+
+
+class QATFolded(nn.Block):
+    """A Conv2D or Dense layer followed by batch norm, trained *folded* with fake-quantized weights
+    (Jacob et al., 2018, Sec. 3.2 and Appendix C; Krishnamoorthi, 2018).
+
+    ``kind``: ``'conv'`` (``channels`` filters of ``kernel_size``, stride 1, no padding; X: (N, C,
+    H, W)) or ``'dense'`` (``channels`` units; X: (N, ...) flattened). Parameters: ``weight``,
+    ``gamma``, ``beta`` (trained) and ``running_mean``, ``running_var`` (momentum, eps as Gluon's).
+    In training mode, while ``frozen`` is False: z = layer(x, W) gives the batch mean and biased
+    variance (which also update the moving ones); the layer outputs
+    ``layer(x, q(W * s)) + beta - mean * s`` with ``s = gamma / sqrt(var + eps)`` and q the fake
+    quantization, gradients flowing through the batch statistics. With ``frozen`` True, and at
+    inference, the moving statistics take their place: exactly the folded, quantized layer deployed.
+    With ``bn=False`` the layer is a plain layer with a bias and fake-quantized weights.
+    """
+
+    def __init__(self, kind: str, channels: int, kernel_size: int = 0, bits: int = 8,
+                 per_channel: bool = False, bn: bool = True, momentum: float = 0.9,
+                 eps: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("conv", "dense"):
+            raise ValueError(f"kind must be 'conv' or 'dense'; got {kind!r}")
+        self.kind, self.channels = kind, check_int("channels", channels)
+        self.kernel = check_int("kernel_size", kernel_size) if kind == "conv" else 0
+        self.bits, self.per_channel, self.bn = check_bits(bits), bool(per_channel), bool(bn)
+        self.momentum, self.eps, self.frozen = float(momentum), float(eps), False
+        with self.name_scope():
+            shape = (channels, 0, self.kernel, self.kernel) if kind == "conv" else (channels, 0)
+            self.weight = self.params.get("weight", shape=shape, allow_deferred_init=True)
+            if self.bn:
+                self.gamma = self.params.get("gamma", shape=(channels,), init="ones")
+                self.beta = self.params.get("beta", shape=(channels,), init="zeros")
+                self.running_mean = self.params.get("running_mean", shape=(channels,),
+                                                    init="zeros", grad_req="null")
+                self.running_var = self.params.get("running_var", shape=(channels,),
+                                                   init="ones", grad_req="null")
+            else:
+                self.bias = self.params.get("bias", shape=(channels,), init="zeros")
+
+    def _apply(self, x: nd.NDArray, W: nd.NDArray) -> nd.NDArray:
+        if self.kind == "conv":
+            return nd.Convolution(x, W, kernel=(self.kernel, self.kernel), no_bias=True,
+                                  num_filter=self.channels)
+        return nd.FullyConnected(x, W, no_bias=True, num_hidden=self.channels, flatten=True)
+
+    def _shape(self) -> tuple:
+        return (1, self.channels, 1, 1) if self.kind == "conv" else (1, self.channels)
+
+    def forward(self, x: nd.NDArray) -> nd.NDArray:
+        if self.weight._data is None:           # deferred shape: input channels/features
+            fan_in = x.shape[1] if self.kind == "conv" else int(np.prod(x.shape[1:]))
+            self.weight.shape = (self.channels, fan_in) + ((self.kernel,) * 2
+                                                           if self.kind == "conv" else ())
+            self.weight._finish_deferred_init()
+        W = self.weight.data(x.context)
+        if not self.bn:
+            Wq = fake_quantize_ste(W, self.bits, self.per_channel)
+            return nd.broadcast_add(self._apply(x, Wq), self.bias.data(x.context).reshape(self._shape()))
+        gamma, beta = self.gamma.data(x.context), self.beta.data(x.context)
+        rm, rv = self.running_mean.data(x.context), self.running_var.data(x.context)
+        if autograd.is_training() and not self.frozen:
+            z = self._apply(x, W)
+            axes = (0, 2, 3) if self.kind == "conv" else (0,)
+            mean = z.mean(axis=axes)
+            var = nd.broadcast_sub(z, mean.reshape(self._shape())).square().mean(axis=axes)
+            with autograd.pause():
+                rm[:] = self.momentum * rm + (1 - self.momentum) * mean
+                rv[:] = self.momentum * rv + (1 - self.momentum) * var
+        else:
+            mean, var = rm, rv
+        s = gamma / nd.sqrt(var + self.eps)
+        Wf = nd.broadcast_mul(W, s.reshape((-1,) + (1,) * (W.ndim - 1)))
+        Wq = fake_quantize_ste(Wf, self.bits, self.per_channel)
+        return nd.broadcast_add(self._apply(x, Wq), (beta - mean * s).reshape(self._shape()))
+
+
+def qat_lenet(bits: int = 8, per_channel: bool = False) -> nn.Sequential:
+    """The LeNet of ``d2lbn.models`` (ReLU) built from :class:`QATFolded` layers: each Conv2D/Dense
+    and its batch norm trained folded, every weight fake-quantized. X: (N, 1, 28, 28) -> (N, 10)."""
+    net = nn.Sequential()
+    for channels in (6, 16):
+        net.add(QATFolded("conv", channels, 5, bits, per_channel), nn.Activation("relu"),
+                nn.MaxPool2D(pool_size=2, strides=2))
+    for units in (120, 84):
+        net.add(QATFolded("dense", units, bits=bits, per_channel=per_channel),
+                nn.Activation("relu"))
+    net.add(QATFolded("dense", 10, bits=bits, per_channel=per_channel, bn=False))
+    return net
+
+
+def freeze_qat_statistics(net: gluon.Block, frozen: bool = True) -> int:
+    """Set ``frozen`` on every :class:`QATFolded` layer with batch norm in ``net`` (from then on
+    training folds with the moving statistics, which stop changing); returns how many."""
+    layers = [b for b in net._children.values() if isinstance(b, QATFolded) and b.bn]
+    if not layers:
+        raise ValueError("net has no QATFolded layer with batch norm to freeze")
+    for layer in layers:
+        layer.frozen = bool(frozen)
+    return len(layers)

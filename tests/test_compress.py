@@ -251,3 +251,84 @@ def test_split_and_checkpoint_errors():
         C.split_sequential(net, [8, 4])
     with pytest.raises(ValueError, match="at least 2 segments"):
         C.checkpointed_step([net], X, y, gluon.loss.SoftmaxCrossEntropyLoss())
+
+
+# ---- quantization-aware training -----------------------------------------------------------------
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quantize_ste_forward_and_gradient(per_channel):
+    rng = np.random.default_rng(1)
+    W = nd.array(rng.normal(size=(4, 3, 2, 2)) * rng.uniform(0.1, 3, size=(4, 1, 1, 1)))
+    W.attach_grad()
+    with autograd.record():
+        out = C.fake_quantize_ste(W, 4, per_channel)
+        loss = (out * nd.arange(W.size).reshape(W.shape)).sum()
+    loss.backward()
+    np.testing.assert_allclose(out.asnumpy(), numpy_fake_quantize(W.asnumpy(), 4, per_channel),
+                               rtol=1e-5, atol=1e-6)
+    # straight-through: the gradient is that of the identity
+    np.testing.assert_allclose(W.grad.asnumpy(), np.arange(W.size).reshape(W.shape))
+
+
+def _qat_conv(frozen=False, bits=16):
+    mx.random.seed(0)
+    layer = C.QATFolded("conv", 3, 3, bits=bits)
+    layer.initialize(mx.init.Xavier())
+    X = nd.random.normal(shape=(4, 2, 6, 6))
+    with autograd.predict_mode():
+        layer(X)
+    layer.gamma.set_data(nd.array([0.5, 1.5, 2.0]))
+    layer.beta.set_data(nd.array([0.1, -0.2, 0.3]))
+    layer.running_mean.set_data(nd.array([0.2, -0.1, 0.0]))
+    layer.running_var.set_data(nd.array([0.5, 2.0, 1.0]))
+    layer.frozen = frozen
+    return layer, X
+
+
+def test_qat_training_equals_batch_norm_on_batch_statistics():
+    """Folding with the batch statistics is batch norm in training mode (up to the 16-bit
+    rounding of the folded weights); oracle: MXNet's BatchNorm on conv(X, W)."""
+    layer, X = _qat_conv()
+    W = layer.weight.data()
+    z = nd.Convolution(X, W, kernel=(3, 3), no_bias=True, num_filter=3)
+    with autograd.train_mode():
+        want = nd.BatchNorm(z, layer.gamma.data(), layer.beta.data(), nd.zeros(3), nd.ones(3),
+                            eps=1e-5, fix_gamma=False)
+        got = layer(X)
+    np.testing.assert_allclose(got.asnumpy(), want.asnumpy(), rtol=1e-3, atol=1e-3)
+    zn = z.asnumpy().astype(np.float64)                 # one momentum update, in the forward pass
+    np.testing.assert_allclose(layer.running_mean.data().asnumpy(),
+                               0.9 * np.array([0.2, -0.1, 0.0]) + 0.1 * zn.mean(axis=(0, 2, 3)),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_qat_inference_is_the_folded_quantized_layer(frozen):
+    """At inference (and in training once frozen) the layer is fold, then fake-quantize, with the
+    moving statistics: oracle NumPy fold + numpy_fake_quantize + MXNet's convolution."""
+    layer, X = _qat_conv(frozen=frozen, bits=4)
+    g, b = layer.gamma.data().asnumpy(), layer.beta.data().asnumpy()
+    m, v = layer.running_mean.data().asnumpy(), layer.running_var.data().asnumpy()
+    s = g / np.sqrt(v + 1e-5)
+    Wq = numpy_fake_quantize(layer.weight.data().asnumpy() * s[:, None, None, None], 4, False)
+    want = nd.Convolution(X, nd.array(Wq), kernel=(3, 3), no_bias=True, num_filter=3).asnumpy()
+    want = want + (b - m * s)[None, :, None, None]
+    mode = autograd.train_mode() if frozen else autograd.predict_mode()
+    with mode:
+        got = layer(X).asnumpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    if frozen:                                          # frozen: the statistics do not move
+        np.testing.assert_array_equal(layer.running_mean.data().asnumpy(), m)
+
+
+def test_qat_lenet_and_errors():
+    net = C.qat_lenet(8)
+    net.initialize(mx.init.Xavier())
+    assert net(nd.ones((2, 1, 28, 28))).shape == (2, 10)
+    assert C.freeze_qat_statistics(net) == 4
+    with pytest.raises(ValueError, match="no QATFolded"):
+        C.freeze_qat_statistics(lenet_bn())
+    with pytest.raises(ValueError, match="kind"):
+        C.QATFolded("pool", 3)
+    with pytest.raises(ValueError, match="bits"):
+        C.qat_lenet(1)
