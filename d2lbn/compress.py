@@ -28,7 +28,8 @@ from .moving_stats import batch_norm_layers, frozen_moving_statistics, is_batch_
 __all__ = ["check_bits", "fake_quantize", "channel_ranges", "fold_sequential",
            "quantize_weights", "affine_layers", "slimming_masks", "prune_sequential",
            "add_gamma_l1_grad", "checkpointed_step", "split_sequential",
-           "fake_quantize_ste", "QATFolded", "qat_lenet", "freeze_qat_statistics"]
+           "fake_quantize_ste", "QATFolded", "qat_lenet", "freeze_qat_statistics",
+           "bn_leaky_relu"]
 
 AFFINE = (nn.Conv2D, nn.Dense)
 
@@ -474,3 +475,75 @@ def freeze_qat_statistics(net: gluon.Block, frozen: bool = True) -> int:
     for layer in layers:
         layer.frozen = bool(frozen)
     return len(layers)
+
+
+# ---- in-place activated batch norm -----------------------------------------------------------------
+
+def _moment_axes(x: nd.NDArray):
+    if x.ndim not in (2, 4):
+        raise ValueError(f"x must have rank 2 (N, D) or 4 (N, C, H, W); got shape {x.shape}")
+    return ((0,), (1, -1)) if x.ndim == 2 else ((0, 2, 3), (1, -1, 1, 1))
+
+
+class _BNLeakyReLU(autograd.Function):
+    """Batch norm in training mode (batch statistics) followed by leaky ReLU, with a hand-written
+    backward. ``inplace=False`` keeps what a batch-norm layer and an activation layer each keep for
+    backward: the batch norm's input x and the activation's input y. ``inplace=True`` (Rota Bulo et
+    al., 2018) keeps only the output z and recovers y = leaky_relu^{-1}(z) and
+    x_hat = (y - beta) / gamma in backward. ``saved_bytes``: the bytes of the arrays kept."""
+
+    def __init__(self, slope: float, eps: float, inplace: bool):
+        super().__init__()
+        self.slope, self.eps, self.inplace = slope, eps, inplace
+        self.saved_bytes = 0
+
+    def forward(self, x, gamma, beta):
+        axes, shape = _moment_axes(x)
+        mean = x.mean(axis=axes, keepdims=True)
+        var = nd.square(x - mean).mean(axis=axes, keepdims=True)
+        inv_std = 1.0 / nd.sqrt(var + self.eps)
+        y = (x - mean) * inv_std * gamma.reshape(shape) + beta.reshape(shape)
+        z = nd.where(y >= 0, y, self.slope * y)
+        kept = (z, gamma, beta, inv_std) if self.inplace else (x, y, gamma, inv_std)
+        self.save_for_backward(*kept)
+        self.saved_bytes = sum(a.size * np.dtype(a.dtype).itemsize for a in kept)
+        return z
+
+    def backward(self, dz):
+        if self.inplace:
+            z, gamma, beta, inv_std = self.saved_tensors
+            axes, shape = _moment_axes(z)
+            y = nd.where(z >= 0, z, z / self.slope)              # invert the leaky ReLU
+            x_hat = (y - beta.reshape(shape)) / gamma.reshape(shape)
+        else:
+            x, y, gamma, inv_std = self.saved_tensors
+            axes, shape = _moment_axes(x)
+            mean = x.mean(axis=axes, keepdims=True)
+            x_hat = (x - mean) * inv_std
+        dy = nd.where(y >= 0, dz, self.slope * dz)
+        dgamma = (dy * x_hat).sum(axis=axes)
+        dbeta = dy.sum(axis=axes)
+        dx_hat = dy * gamma.reshape(shape)
+        dx = inv_std * (dx_hat - dx_hat.mean(axis=axes, keepdims=True)
+                        - x_hat * (dx_hat * x_hat).mean(axis=axes, keepdims=True))
+        return dx, dgamma, dbeta
+
+
+def bn_leaky_relu(x: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray, slope: float = 0.01,
+                  eps: float = 1e-5, inplace: bool = False):
+    """``leaky_relu(batch_norm(x))`` in training mode, differentiable; returns ``(z, saved_bytes)``.
+
+    x: (N, D) or (N, C, H, W); gamma, beta: (C,); slope in (0, 1]: the leaky ReLU's slope for
+    negative inputs (invertible because it is > 0). ``inplace=True``: in-place activated batch norm
+    (Rota Bulo et al., 2018), keeping only the output for backward (needs every gamma != 0, since
+    x_hat is recovered by dividing by it). No moving statistics are kept: this is the training
+    computation only."""
+    slope = check_real("slope", slope, positive=True)
+    if slope > 1:
+        raise ValueError(f"slope must be in (0, 1]; got {slope}")
+    if inplace and float(nd.abs(gamma).min().asscalar()) < 1e-12:
+        raise ValueError("in-place activated batch norm divides by gamma to recover its input: "
+                         "every gamma must be nonzero (Rota Bulo et al. use |gamma| + eps)")
+    f = _BNLeakyReLU(slope, check_real("eps", eps, positive=True), bool(inplace))
+    z = f(x, gamma, beta)
+    return z, f.saved_bytes

@@ -332,3 +332,56 @@ def test_qat_lenet_and_errors():
         C.QATFolded("pool", 3)
     with pytest.raises(ValueError, match="bits"):
         C.qat_lenet(1)
+
+
+# ---- in-place activated batch norm ----------------------------------------------------------------
+
+def numpy_bn_leaky(x, gamma, beta, slope=0.1, eps=1e-5):
+    axes = (0,) if x.ndim == 2 else (0, 2, 3)
+    shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+    y = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    y = y * gamma.reshape(shape) + beta.reshape(shape)
+    return np.where(y >= 0, y, slope * y)
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 2)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_bn_leaky_relu_numerical_gradient(shape, inplace):
+    """Forward against float64 NumPy; gradients against central differences of the NumPy forward
+    for the loss sum(w * z)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape) * 2 + 1
+    gamma = np.array([0.7, -1.3, 2.0])
+    beta = np.array([0.2, 0.0, -0.5])
+    w = rng.normal(size=shape)
+    arrays = [nd.array(a, dtype="float64") for a in (x, gamma, beta)]
+    for a in arrays:
+        a.attach_grad()
+    with autograd.record():
+        z, saved = C.bn_leaky_relu(*arrays, slope=0.1, inplace=inplace)
+        loss = (z * nd.array(w, dtype="float64")).sum()
+    loss.backward()
+    np.testing.assert_allclose(z.asnumpy(), numpy_bn_leaky(x, gamma, beta), rtol=1e-10, atol=1e-10)
+    h = 1e-6
+    for k, a in enumerate((x, gamma, beta)):
+        num = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            args = [x.copy(), gamma.copy(), beta.copy()]
+            args[k][i] += h
+            up = (numpy_bn_leaky(*args) * w).sum()
+            args[k][i] -= 2 * h
+            num[i] = (up - (numpy_bn_leaky(*args) * w).sum()) / (2 * h)
+        np.testing.assert_allclose(arrays[k].grad.asnumpy(), num, rtol=1e-5, atol=1e-6)
+    n = int(np.prod(shape))
+    # bytes kept: z (+ 3 vectors of C) in place; x and y (+ 2 vectors) otherwise, float64
+    assert saved == 8 * (n + 9 if inplace else 2 * n + 6)
+
+
+def test_bn_leaky_relu_errors():
+    x = nd.ones((4, 3))
+    with pytest.raises(ValueError, match="nonzero"):
+        C.bn_leaky_relu(x, nd.array([1.0, 0.0, 1.0]), nd.zeros(3), inplace=True)
+    with pytest.raises(ValueError, match="slope"):
+        C.bn_leaky_relu(x, nd.ones(3), nd.zeros(3), slope=2.0)
+    with pytest.raises(ValueError, match="rank"):
+        C.bn_leaky_relu(nd.ones((2, 3, 4)), nd.ones(3), nd.zeros(3))
