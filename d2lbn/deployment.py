@@ -30,7 +30,8 @@ from .resnet import count_parameters
 from .training import set_seed
 
 __all__ = ["make_lenet", "fit_lenet", "ptq_accuracies", "SlimmingResult", "slimming_run",
-           "steps_to_forget", "gluon_precise_statistics", "start_of_training_run", "double_update_ratio"]
+           "steps_to_forget", "gluon_precise_statistics", "start_of_training_run",
+           "qat_run", "THREAD_PROBE", "thread_probe", "permutation_difference", "double_update_ratio"]
 
 
 def make_lenet() -> gluon.nn.HybridSequential:
@@ -228,3 +229,86 @@ def double_update_ratio(scratch: bool, fix: bool, seed: int = 0,
     with autograd.predict_mode():
         mu = net[0](X).asnumpy().astype(np.float64).mean(axis=(0, 2, 3))
     return layer_statistics(batch_norm_layers(net)[0])[0] / mu
+
+
+def qat_run(seed: int, data, bits: int, per_channel: bool, num_epochs: int, lr: float,
+            frozen_epochs: int, frozen_lr: float) -> List[float]:
+    """Quantization-aware training of ``d2lbn.compress.qat_lenet(bits, per_channel)``:
+    ``num_epochs`` folding with the batch statistics (learning rate ``lr`` along a half cosine),
+    then ``frozen_epochs`` with the statistics frozen (``frozen_lr``, half cosine). Returns the test
+    accuracy after each phase (the last is the deployed, folded and quantized net's)."""
+    net = C.qat_lenet(bits, per_channel)
+    first = fit_lenet(net, data, num_epochs, lr, seed)[-1]
+    C.freeze_qat_statistics(net)
+    second = fit_lenet(net, data, frozen_epochs, frozen_lr, seed, init=False)[-1]
+    return [first, second]
+
+
+#: The script :func:`thread_probe` runs in a fresh process: a LeNet with gluon BatchNorm, weights
+#: and a batch of 256 drawn by NumPy (so MXNet's own random generator plays no part), 10 SGD steps;
+#: then MXNet's BatchNorm alone, forward and backward on a (64, 32, 28, 28) batch.
+THREAD_PROBE = """
+import sys, numpy as np, mxnet as mx
+from mxnet import autograd, gluon, nd
+from d2lbn.models import lenet_bn_gluon
+rng = np.random.default_rng(0)
+X = nd.array(rng.uniform(size=(256, 1, 28, 28))); y = nd.array(np.arange(256) % 10)
+net = lenet_bn_gluon(); net.hybridize(); net.initialize(); net(X)
+for p in net.collect_params().values():
+    if p.grad_req != 'null':
+        p.set_data(nd.array(rng.normal(scale=0.1, size=p.shape)))
+trainer = gluon.Trainer(net.collect_params(), 'sgd', {'learning_rate': 0.05, 'momentum': 0.9})
+loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+out = {'output': net(X).asnumpy()}
+for step in range(10):
+    with autograd.record():
+        loss = loss_fn(net(X), y)
+    loss.backward()
+    if step == 0:
+        out['gradients'] = np.concatenate([p.grad().asnumpy().ravel()
+            for p in net.collect_params().values() if p.grad_req != 'null'])
+    trainer.step(256)
+out['weights after 10 steps'] = np.concatenate([p.data().asnumpy().ravel()
+                                                for p in net.collect_params().values()])
+x = nd.array(rng.normal(size=(64, 32, 28, 28))); x.attach_grad()
+gamma, beta = nd.array(rng.uniform(0.5, 2, 32)), nd.zeros(32)
+with autograd.record():
+    o = nd.BatchNorm(x, gamma, beta, nd.zeros(32), nd.ones(32), fix_gamma=False)
+o.backward(nd.array(rng.normal(size=o.shape)))
+out['BatchNorm output'], out['BatchNorm input gradient'] = o.asnumpy(), x.grad.asnumpy()
+np.savez(sys.argv[1], **out)
+"""
+
+
+def thread_probe(threads: int, path: str) -> Dict[str, np.ndarray]:
+    """Run :data:`THREAD_PROBE` in a new Python process with ``OMP_NUM_THREADS=threads`` (the number
+    of threads MXNet's CPU operators use); return its arrays by name. Raises on a failed run."""
+    import os
+    import subprocess
+    import sys
+    threads = check_int("threads", threads)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    done = subprocess.run([sys.executable, "-c", THREAD_PROBE, path], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the probe with OMP_NUM_THREADS={threads} failed:\n{done.stderr[-2000:]}")
+    with np.load(path if path.endswith(".npz") else path + ".npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def permutation_difference(X: nd.NDArray, seed: int = 0) -> float:
+    """MXNet's BatchNorm (training mode, gamma 1, beta 0) on X (N, C, H, W) and on X with its rows
+    shuffled (the same values, summed in another order), shuffled back: the largest difference of
+    the outputs (0.0 when summation order does not matter)."""
+    if not isinstance(X, nd.NDArray) or X.ndim != 4:
+        raise ValueError("X must be an NDArray (N, C, H, W)")
+    perm = np.random.default_rng(seed).permutation(X.shape[0])
+    C_ = X.shape[1]
+
+    def bn(Z):
+        with autograd.train_mode():
+            return nd.BatchNorm(Z, nd.ones(C_), nd.zeros(C_), nd.zeros(C_), nd.ones(C_),
+                                fix_gamma=False).asnumpy()
+    a = bn(X)
+    b = bn(X[nd.array(perm)])
+    return float(np.abs(a[perm] - b).max())

@@ -65,3 +65,25 @@ def test_fit_lenet_l1_shrinks_gamma():
         norms.append(sum(float(np.abs(bn.gamma.data().asnumpy()).sum())
                          for bn in batch_norm_layers(net)))
     assert norms[1] < norms[0]
+
+
+def test_permutation_difference_zero_when_sums_are_exact():
+    """Small integers (and their squares) sum exactly in float32 in any order: no difference."""
+    rng = np.random.default_rng(0)
+    X = nd.array(rng.integers(-4, 5, size=(16, 3, 4, 4)).astype(np.float32))
+    assert D.permutation_difference(X) == 0.0
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        D.permutation_difference(nd.ones((4, 3)))
+
+
+def test_thread_probe_repeats_in_fresh_processes(tmp_path):
+    """Same thread count, fresh processes: bit-identical arrays (the probe itself is deterministic,
+    so a difference between thread counts is the thread count's)."""
+    a = D.thread_probe(1, str(tmp_path / "a.npz"))
+    b = D.thread_probe(1, str(tmp_path / "b.npz"))
+    assert set(a) == {"output", "gradients", "weights after 10 steps", "BatchNorm output",
+                      "BatchNorm input gradient"}
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    with pytest.raises(ValueError):
+        D.thread_probe(0, str(tmp_path / "c.npz"))
