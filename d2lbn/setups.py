@@ -302,7 +302,7 @@ class Critic(nn.HybridBlock):
 
 
 def train_cgan(X: nd.NDArray, y: nd.NDArray, steps: int, seed: int, batch_size: int = 64,
-               lr: float = 2e-4) -> Generator:
+               lr: float = 1e-3) -> Generator:
     """Train a :class:`Generator` against a :class:`Critic` with the non-saturating GAN loss
     (Adam, beta1 = 0.5) for ``steps`` steps on images X (N, 1, 28, 28) or (N, 784) with labels y;
     the generator's batch-norm layers see batches of generated images of mixed classes."""
