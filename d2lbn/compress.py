@@ -46,25 +46,27 @@ def check_bits(bits) -> int:
 
 
 def fake_quantize(W, bits: int = 8, per_channel: bool = False) -> np.ndarray:
-    """Quantize ``W`` to ``bits``-bit signed integers and back (symmetric, round to nearest).
+    """Quantize ``W`` to ``bits``-bit signed integers and back (symmetric, round to
+    nearest).
 
-    W: (C_out, ...) weights, output channels first (NDArray or array-like). The scale is
-    ``max|W| / (2**(bits-1) - 1)``, over the whole tensor (``per_channel=False``) or over each
-    output channel ``W[c]``; values become ``scale * clip(round(W / scale), -q, q)`` with
-    ``q = 2**(bits-1) - 1``. A channel that is all zeros stays zero. Returns a float array of W's
-    dtype (float32 for an NDArray), same shape.
-    """
+    W: (C_out, ...) weights, output channels first (NDArray or array-like). The scale
+    is ``max|W| / (2**(bits-1) - 1)``, over the whole tensor (``per_channel=False``) or
+    over each output channel ``W[c]``; values become ``scale * clip(round(W / scale),
+    -q, q)`` with ``q = 2**(bits-1) - 1``. A channel that is all zeros stays zero.
+    Returns a float array of W's dtype (float32 for an NDArray), same shape."""
     bits = check_bits(bits)
     W = W.asnumpy() if isinstance(W, nd.NDArray) else np.asarray(W)
     if W.dtype.kind != "f":
         raise TypeError(f"W must hold floats; got dtype {W.dtype}")
     if W.ndim < 1 or W.size == 0:
-        raise ValueError(f"W must be a non-empty array, output channels first; got shape {W.shape}")
+        raise ValueError("W must be a non-empty array, output channels first; "
+                         f"got shape {W.shape}")
     if not np.all(np.isfinite(W)):
         raise ValueError("W holds NaN or infinite values; they cannot be quantized")
     q = 2 ** (bits - 1) - 1
     if per_channel:
-        peak = np.abs(W).reshape(W.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (W.ndim - 1))
+        peak = np.abs(W).reshape(W.shape[0], -1).max(axis=1)
+        peak = peak.reshape((-1,) + (1,) * (W.ndim - 1))
     else:
         peak = np.abs(W).max()
     scale = np.where(peak > 0, peak / q, 1.0).astype(W.dtype)
@@ -123,9 +125,9 @@ def _np(param) -> Optional[np.ndarray]:
 def fold_sequential(net: nn.HybridSequential) -> nn.HybridSequential:
     """A new ``HybridSequential`` computing ``net``'s inference output with every
     ``gluon.nn.BatchNorm`` folded into the ``Conv2D`` or ``Dense`` right before it
-    (``d2lbn.fold.fold_layer_and_batch_norm``); parameter-free blocks are shared, other layers
-    copied. A batch-norm layer without such a layer before it cannot be folded (``ValueError``).
-    The new net is initialised on net's context and not hybridized."""
+    (``d2lbn.fold.fold_layer_and_batch_norm``); parameter-free blocks are shared, other
+    layers copied. A batch-norm layer without such a layer before it cannot be folded
+    (``ValueError``). The new net is initialised on net's context and not hybridized."""
     children = _children(net)
     out = nn.HybridSequential()
     i = 0
@@ -139,8 +141,8 @@ def fold_sequential(net: nn.HybridSequential) -> nn.HybridSequential:
             i += 2
             continue
         if is_batch_norm(child):
-            raise ValueError(f"{child.name} does not follow a Conv2D or Dense layer directly; "
-                             "it cannot be folded")
+            raise ValueError(f"{child.name} does not follow a Conv2D or Dense layer "
+                             "directly; it cannot be folded")
         if isinstance(child, AFFINE):
             out.add(_affine_like(child, _np(child.weight), _np(child.bias), ctx))
         elif _is_parameter_free(child):
@@ -197,16 +199,18 @@ def slimming_masks(net: gluon.Block, ratio: float) -> List[np.ndarray]:
     """Which channels to keep, one bool array (C,) per batch-norm layer of ``net`` (in
     ``d2lbn.moving_stats.batch_norm_layers`` order).
 
-    One global threshold over all layers, as in Liu et al. (2017): the ``floor(ratio * n)``
-    channels with the smallest ``|gamma|`` of all ``n`` are pruned (ties: earlier layers and
-    channels first). A layer that would lose every channel keeps its largest-``|gamma|`` one.
-    """
+    One global threshold over all layers, as in Liu et al. (2017): the ``floor(ratio *
+    n)`` channels with the smallest ``|gamma|`` of all ``n`` are pruned (ties: earlier
+    layers and channels first). A layer that would lose every channel keeps its
+    largest-``|gamma|`` one."""
     ratio = _check_ratio(ratio)
     layers = batch_norm_layers(net)
     if not layers:
-        raise ValueError(f"{getattr(net, 'name', net)} has no batch-norm layer: Network Slimming "
-                         "prunes by the batch-norm gammas, so there is nothing to prune by")
-    gammas = [np.abs(layer.gamma.data().asnumpy().astype(np.float64)) for layer in layers]
+        name = getattr(net, "name", net)
+        raise ValueError(f"{name} has no batch-norm layer: Network Slimming prunes by "
+                         "the batch-norm gammas, so there is nothing to prune by")
+    gammas = [np.abs(layer.gamma.data().asnumpy().astype(np.float64))
+              for layer in layers]
     flat = np.concatenate(gammas)
     pruned = np.argsort(flat, kind="stable")[:int(np.floor(ratio * flat.size))]
     keep = np.ones(flat.size, dtype=bool)
@@ -295,21 +299,23 @@ def add_gamma_l1_grad(net: gluon.Block, strength: float, batch_size: int) -> Non
 
 # ---- gradient checkpointing ----------------------------------------------------------------------
 
-def checkpointed_step(segments: Sequence[gluon.Block], X: nd.NDArray, y: nd.NDArray, loss_fn,
-                      fix: bool = False) -> float:
+def checkpointed_step(segments: Sequence[gluon.Block], X: nd.NDArray, y: nd.NDArray,
+                      loss_fn, fix: bool = False) -> float:
     """Gradients of ``loss_fn(segments[-1](...segments[0](X)), y).sum()`` by gradient
-    checkpointing; returns that loss. Parameters' ``.grad`` are written (``grad_req='write'``).
+    checkpointing; returns that loss. Parameters' ``.grad`` are written
+    (``grad_req='write'``).
 
-    segments: the net cut in pieces, applied in order. A first pass runs every segment but the last
-    in training mode *without recording* and keeps only the segments' inputs; then, from the last
-    segment back, each segment is recomputed under ``autograd.record()`` from its stored input and
-    differentiated, its input gradient feeding the segment before. So every segment but the last
-    runs forward twice in training mode. A batch-norm layer that updates its moving statistics in
-    the forward pass (``d2lbn.norm.BatchNorm``; cuDNN on a GPU) then updates them twice.
+    segments: the net cut in pieces, applied in order. A first pass runs every segment
+    but the last in training mode *without recording* and keeps only the segments'
+    inputs; then, from the last segment back, each segment is recomputed under
+    ``autograd.record()`` from its stored input and differentiated, its input gradient
+    feeding the segment before. So every segment but the last runs forward twice in
+    training mode. A batch-norm layer that updates its moving statistics in the forward
+    pass (``d2lbn.norm.BatchNorm``; cuDNN on a GPU) then updates them twice.
     ``fix=True`` runs the first pass with the moving statistics frozen
-    (``d2lbn.moving_stats.frozen_moving_statistics``), so the differentiated recomputation makes
-    the one update, in whichever of its passes the layer updates them.
-    """
+    (``d2lbn.moving_stats.frozen_moving_statistics``), so the differentiated
+    recomputation makes the one update, in whichever of its passes the layer updates
+    them."""
     if len(segments) < 2:
         raise ValueError("checkpointing needs at least 2 segments")
     inputs = [X]
@@ -378,19 +384,21 @@ def fake_quantize_ste(W: nd.NDArray, bits: int = 8, per_channel: bool = False) -
 
 
 class QATFolded(nn.Block):
-    """A Conv2D or Dense layer followed by batch norm, trained *folded* with fake-quantized weights
-    (Jacob et al., 2018, Sec. 3.2 and Appendix C; Krishnamoorthi, 2018).
+    """A Conv2D or Dense layer followed by batch norm, trained *folded* with
+    fake-quantized weights (Jacob et al., 2018, Sec. 3.2 and Appendix C;
+    Krishnamoorthi, 2018).
 
-    ``kind``: ``'conv'`` (``channels`` filters of ``kernel_size``, stride 1, no padding; X: (N, C,
-    H, W)) or ``'dense'`` (``channels`` units; X: (N, ...) flattened). Parameters: ``weight``,
-    ``gamma``, ``beta`` (trained) and ``running_mean``, ``running_var`` (momentum, eps as Gluon's).
-    In training mode, while ``frozen`` is False: z = layer(x, W) gives the batch mean and biased
-    variance (which also update the moving ones); the layer outputs
-    ``layer(x, q(W * s)) + beta - mean * s`` with ``s = gamma / sqrt(var + eps)`` and q the fake
-    quantization, gradients flowing through the batch statistics. With ``frozen`` True, and at
-    inference, the moving statistics take their place: exactly the folded, quantized layer deployed.
-    With ``bn=False`` the layer is a plain layer with a bias and fake-quantized weights.
-    """
+    ``kind``: ``'conv'`` (``channels`` filters of ``kernel_size``, stride 1, no
+    padding; X: (N, C, H, W)) or ``'dense'`` (``channels`` units; X: (N, ...)
+    flattened). Parameters: ``weight``, ``gamma``, ``beta`` (trained) and
+    ``running_mean``, ``running_var`` (momentum, eps as Gluon's). In training mode,
+    while ``frozen`` is False: z = layer(x, W) gives the batch mean and biased variance
+    (which also update the moving ones); the layer outputs ``layer(x, q(W * s)) + beta
+    - mean * s`` with ``s = gamma / sqrt(var + eps)`` and q the fake quantization,
+    gradients flowing through the batch statistics. With ``frozen`` True, and at
+    inference, the moving statistics take their place: exactly the folded, quantized
+    layer deployed. With ``bn=False`` the layer is a plain layer with a bias and
+    fake-quantized weights."""
 
     def __init__(self, kind: str, channels: int, kernel_size: int = 0, bits: int = 8,
                  per_channel: bool = False, bn: bool = True, momentum: float = 0.9,
@@ -425,31 +433,35 @@ class QATFolded(nn.Block):
         return (1, self.channels, 1, 1) if self.kind == "conv" else (1, self.channels)
 
     def forward(self, x: nd.NDArray) -> nd.NDArray:
-        if self.weight._data is None:           # deferred shape: input channels/features
-            fan_in = x.shape[1] if self.kind == "conv" else int(np.prod(x.shape[1:]))
-            self.weight.shape = (self.channels, fan_in) + ((self.kernel,) * 2
-                                                           if self.kind == "conv" else ())
+        if self.weight._data is None:     # deferred shape: input channels/features
+            conv = self.kind == "conv"
+            fan_in = x.shape[1] if conv else int(np.prod(x.shape[1:]))
+            self.weight.shape = ((self.channels, fan_in)
+                                 + ((self.kernel,) * 2 if conv else ()))
             self.weight._finish_deferred_init()
-        W = self.weight.data(x.context)
+        ctx, shape = x.context, self._shape()
+        W = self.weight.data(ctx)
         if not self.bn:
             Wq = fake_quantize_ste(W, self.bits, self.per_channel)
-            return nd.broadcast_add(self._apply(x, Wq), self.bias.data(x.context).reshape(self._shape()))
-        gamma, beta = self.gamma.data(x.context), self.beta.data(x.context)
-        rm, rv = self.running_mean.data(x.context), self.running_var.data(x.context)
+            bias = self.bias.data(ctx).reshape(shape)
+            return nd.broadcast_add(self._apply(x, Wq), bias)
+        gamma, beta = self.gamma.data(ctx), self.beta.data(ctx)
+        rm, rv = self.running_mean.data(ctx), self.running_var.data(ctx)
         if autograd.is_training() and not self.frozen:
-            z = self._apply(x, W)
+            z = self._apply(x, W)              # the batch statistics of W x
             axes = (0, 2, 3) if self.kind == "conv" else (0,)
             mean = z.mean(axis=axes)
-            var = nd.broadcast_sub(z, mean.reshape(self._shape())).square().mean(axis=axes)
+            centred = nd.broadcast_sub(z, mean.reshape(shape))
+            var = centred.square().mean(axis=axes)
             with autograd.pause():
                 rm[:] = self.momentum * rm + (1 - self.momentum) * mean
                 rv[:] = self.momentum * rv + (1 - self.momentum) * var
-        else:
+        else:                                  # frozen, or inference
             mean, var = rm, rv
         s = gamma / nd.sqrt(var + self.eps)
         Wf = nd.broadcast_mul(W, s.reshape((-1,) + (1,) * (W.ndim - 1)))
         Wq = fake_quantize_ste(Wf, self.bits, self.per_channel)
-        return nd.broadcast_add(self._apply(x, Wq), (beta - mean * s).reshape(self._shape()))
+        return nd.broadcast_add(self._apply(x, Wq), (beta - mean * s).reshape(shape))
 
 
 def qat_lenet(bits: int = 8, per_channel: bool = False) -> nn.Sequential:

@@ -44,11 +44,12 @@ def make_lenet() -> gluon.nn.HybridSequential:
 def fit_lenet(net, data, num_epochs: int, lr: float, seed: int, *, init: bool = True,
               l1: float = 0.0, batch_size: int = 128, momentum: float = 0.9,
               max_steps: Optional[int] = None) -> List[float]:
-    """Train ``net`` with SGD (momentum), softmax cross-entropy and a half-cosine learning rate,
-    adding ``l1 * sum|gamma|`` to the mean loss (``d2lbn.compress.add_gamma_l1_grad``) when
-    ``l1 > 0``; test accuracy after every epoch. ``init``: Xavier-initialise first (else keep the
-    weights: fine-tuning). ``max_steps``: stop after that many steps (then one accuracy, at the
-    end). On the CPU the moving statistics are updated once per step, in ``backward()``."""
+    """Train ``net`` with SGD (momentum), softmax cross-entropy and a half-cosine
+    learning rate, adding ``l1 * sum|gamma|`` to the mean loss
+    (``d2lbn.compress.add_gamma_l1_grad``) when ``l1 > 0``; test accuracy after every
+    epoch. ``init``: Xavier-initialise first (else keep the weights: fine-tuning).
+    ``max_steps``: stop after that many steps (then one accuracy, at the end). On the
+    CPU the moving statistics are updated once per step, in ``backward()``."""
     num_epochs = check_int("num_epochs", num_epochs)
     train_X, train_y, test_X, test_y = data
     set_seed(seed)
@@ -57,8 +58,8 @@ def fit_lenet(net, data, num_epochs: int, lr: float, seed: int, *, init: bool = 
     loader = ArrayLoader(train_X, train_y, batch_size, shuffle=True)
     total = num_epochs * len(loader) if max_steps is None else max_steps
     sched = CosineScheduler(max_update=max(total, 1), base_lr=lr, final_lr=0.0)
-    trainer = gluon.Trainer(net.collect_params(), "sgd",
-                            {"learning_rate": lr, "momentum": momentum, "lr_scheduler": sched})
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {
+        "learning_rate": lr, "momentum": momentum, "lr_scheduler": sched})
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     accs, step = [], 0
     for _ in range(num_epochs):

@@ -76,22 +76,24 @@ def _check_exportable(net: gluon.Block) -> None:
                           "export: run it once on an example batch (net(X)), then export")
 
 
-def export_onnx(net: gluon.HybridBlock, example: nd.NDArray, prefix: Union[str, Path]) -> Path:
+def export_onnx(net: gluon.HybridBlock, example: nd.NDArray,
+                prefix: Union[str, Path]) -> Path:
     """Export ``net`` to ``{prefix}.onnx`` and return that path.
 
-    net: a hybridized HybridBlock that has run once; example: (N, ...) an input batch, whose
-    shape the ONNX graph's input gets (float32). Writes ``{prefix}-symbol.json`` and
-    ``{prefix}-0000.params`` (``net.export``) on the way. For every batch-norm layer with
-    ``fix_gamma`` (``gluon.nn.BatchNorm(scale=False)``) the exported gamma is 1, what MXNet computes
-    with (``mx.onnx`` 1.9.1 would export the stored gamma). Inference semantics are checked with
-    :func:`check_inference_graph` before returning.
-    """
+    net: a hybridized HybridBlock that has run once; example: (N, ...) an input batch,
+    whose shape the ONNX graph's input gets (float32). Writes ``{prefix}-symbol.json``
+    and ``{prefix}-0000.params`` (``net.export``) on the way. For every batch-norm
+    layer with ``fix_gamma`` (``gluon.nn.BatchNorm(scale=False)``) the exported gamma
+    is 1, what MXNet computes with (``mx.onnx`` 1.9.1 would export the stored gamma).
+    Inference semantics are checked with :func:`check_inference_graph` before
+    returning."""
     import mxnet as mx
     import mxnet.onnx  # noqa: F401  (registers mx.onnx)
     _check_exportable(net)
     if not isinstance(example, nd.NDArray) or example.ndim < 2:
-        raise ExportError("example must be an NDArray batch (N, ...) of the net's input; got "
-                          f"{getattr(example, 'shape', type(example).__name__)}")
+        got = getattr(example, "shape", type(example).__name__)
+        raise ExportError("example must be an NDArray batch (N, ...) of the net's "
+                          f"input; got {got}")
     prefix = Path(prefix)
     if not prefix.parent.is_dir():
         raise ExportError(f"folder {prefix.parent} does not exist")
@@ -106,7 +108,8 @@ def export_onnx(net: gluon.HybridBlock, example: nd.NDArray, prefix: Union[str, 
     if fixed:
         nd.save(params_file, params)
     path = Path(f"{prefix}.onnx")
-    mx.onnx.export_model(sym_file, params_file, [tuple(example.shape)], np.float32, str(path))
+    mx.onnx.export_model(sym_file, params_file, [tuple(example.shape)], np.float32,
+                         str(path))
     check_inference_graph(load_onnx(path))
     return path
 
