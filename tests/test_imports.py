@@ -67,7 +67,8 @@ def test_each_module_imports_first(first):
 
 #: The study modules: the measurements of one chapter each, by the chapter's number. Every other
 #: module is a library module, which the chapters and the studies share.
-STUDIES = {"experiments": 6, "landscape": 8, "practice": 9, "diagnose": 10, "classic_bug": 11}
+STUDIES = {"experiments": 6, "landscape": 8, "practice": 9, "diagnose": 10,
+           "batch_problem": 11, "deployment": 12, "setups": 13, "classic_bug": 14}
 
 
 def all_imports(name):
