@@ -28,7 +28,7 @@ __all__ = ["NORMS", "convnet", "train_convnet", "copy_net", "SHIFTS", "accuracy_
            "batch_stats_scores", "noisy", "majority_share", "local_statistics_accuracy", "adabn_accuracy", "tent_accuracy", "class_sorted",
            "federated_run", "intensity_from_first_bn", "mlp", "per_example_loss",
            "critic_penalty_spread", "Generator", "Critic", "train_cgan", "standing_statistics",
-           "sample", "features", "episode", "nearest_centroid_accuracy"]
+           "sample", "train_with_ema", "ema_teacher", "features", "episode", "nearest_centroid_accuracy"]
 
 #: The normalisation choices of :func:`convnet` and :func:`mlp`.
 NORMS = ("batch", "layer", "none")
@@ -434,3 +434,61 @@ def nearest_centroid_accuracy(support: nd.NDArray, s_lab: np.ndarray, query: nd.
     d = ((Q[:, None, :] - centroids[None]) ** 2).sum(axis=2)
     right = d.argmin(axis=1) == q_lab
     return float(np.mean([right[q_lab == k].mean() for k in np.unique(q_lab)]))
+
+
+# ---- EMA (mean) teachers --------------------------------------------------------------------------
+
+def train_with_ema(data, seed: int, epochs: int, decay: float = 0.99, lr: float = 0.05,
+                   batch_size: int = 128):
+    """Train a :func:`convnet` (the student) with SGD (momentum 0.9, constant ``lr``) on
+    ``data = (train_X, train_y, test_X, test_y)`` and keep an exponential moving average of
+    *every* one of its parameters, moving statistics included, after each step:
+    ``avg = decay * avg + (1 - decay) * student`` (a mean teacher). Returns
+    ``(student, avg)`` with ``avg`` a dict of NDArrays by structural name."""
+    from .data import ArrayLoader
+    epochs = check_int("epochs", epochs)
+    decay = check_real("decay", decay)
+    if not 0 < decay < 1:
+        raise ValueError(f"decay must be in (0, 1); got {decay!r}")
+    train_X, train_y = data[0], data[1]
+    set_seed(seed)
+    student = convnet()
+    student.initialize(mx.init.Xavier())
+    student.hybridize(static_alloc=True)
+    student(train_X[:2])
+    params = student._collect_params_with_prefix()
+    avg = {k: p.data().copy() for k, p in params.items()}
+    trainer = gluon.Trainer(student.collect_params(), "sgd",
+                            {"learning_rate": check_real("lr", lr, positive=True),
+                             "momentum": 0.9})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    for _ in range(epochs):
+        for X, y in ArrayLoader(train_X, train_y, batch_size, shuffle=True):
+            with autograd.record():
+                loss = loss_fn(student(X), y)
+            loss.backward()
+            trainer.step(X.shape[0])
+            for k, p in params.items():
+                avg[k][:] = decay * avg[k] + (1 - decay) * p.data()
+    return student, avg
+
+
+def ema_teacher(student: nn.HybridSequential, avg, statistics: str, X: Optional[nd.NDArray] = None
+                ) -> nn.HybridSequential:
+    """A teacher net with the averaged weights, gamma and beta of ``avg`` and batch-norm
+    statistics ``'copied'`` from the student, ``'averaged'`` (from ``avg``, like every other
+    parameter) or ``'recomputed'`` over images X (``practice.recalibrate_bn`` on the averaged
+    net)."""
+    if statistics not in ("copied", "averaged", "recomputed"):
+        raise ValueError("statistics must be 'copied', 'averaged' or 'recomputed'; "
+                         f"got {statistics!r}")
+    teacher = copy_net(student)
+    for k, p in teacher._collect_params_with_prefix().items():
+        is_stat = k.endswith(("running_mean", "running_var"))
+        if not is_stat or statistics != "copied":
+            p.set_data(avg[k])
+    if statistics == "recomputed":
+        if X is None:
+            raise ValueError("statistics='recomputed' needs the images X")
+        P.recalibrate_bn(teacher, X)
+    return teacher

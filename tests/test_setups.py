@@ -84,3 +84,32 @@ def test_bad_arguments():
         U.sample(U.Generator(), nd.zeros(2), "train", 0)
     with pytest.raises(ValueError, match="sigma"):
         U.noisy(X, sigma=0)
+
+
+def test_ema_teacher_statistics_sources():
+    """copied: the student's statistics with the averaged weights; averaged: every value from
+    avg; recomputed: the averaged net's statistics over X (NumPy mean of the first layer's
+    conv output)."""
+    net = U.convnet()
+    net.initialize(mx.init.Xavier())
+    X = nd.random.uniform(shape=(8, 1, 28, 28))
+    net(X)
+    params = net._collect_params_with_prefix()
+    avg = {k: p.data() + 0.5 for k, p in params.items()}
+    copied = U.ema_teacher(net, avg, "copied")._collect_params_with_prefix()
+    averaged = U.ema_teacher(net, avg, "averaged")._collect_params_with_prefix()
+    for k, p in params.items():
+        stat = k.endswith(("running_mean", "running_var"))
+        np.testing.assert_array_equal(copied[k].data().asnumpy(),
+                                      (p.data() if stat else avg[k]).asnumpy())
+        np.testing.assert_array_equal(averaged[k].data().asnumpy(), avg[k].asnumpy())
+    teacher = U.ema_teacher(net, avg, "recomputed", X)
+    conv = teacher[0](X).asnumpy().astype(np.float64)
+    np.testing.assert_allclose(teacher[1].running_mean.data().asnumpy(),
+                               conv.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="needs the images"):
+        U.ema_teacher(net, avg, "recomputed")
+    with pytest.raises(ValueError, match="statistics must be"):
+        U.ema_teacher(net, avg, "stale")
+    with pytest.raises(ValueError, match="decay"):
+        U.train_with_ema((X, nd.zeros(8), X, nd.zeros(8)), 0, 1, decay=1.0)
