@@ -8,29 +8,18 @@ of two different kernels (1e-4 relative, 1e-5 absolute).
 """
 import numpy as np
 import pytest
-import mxnet as mx
-from mxnet import autograd, nd
+from mxnet import autograd
 
 ort = pytest.importorskip("onnxruntime")
 
 from d2lbn import compress as C, export as E  # noqa: E402
 from d2lbn.models import lenet_bn_gluon  # noqa: E402
 from d2lbn.resnet import small_resnet  # noqa: E402
+from test_export import TOL, trained as _trained  # noqa: E402  (same nets as test_export)
 
-TOL = dict(rtol=1e-4, atol=1e-5)
 
-
-def trained(net, steps=3, shape=(8, 1, 28, 28)):
-    mx.random.seed(0)
-    np.random.seed(0)
-    net.initialize(mx.init.Xavier())
-    net.hybridize()
-    X = nd.random.uniform(shape=shape)
-    for _ in range(steps):
-        with autograd.record():
-            y = net(X)
-        y.backward()
-    return net, X
+def trained(net):
+    return _trained(net, steps=3, shape=(8, 1, 28, 28))
 
 
 def run_ort(path, X):
