@@ -62,12 +62,13 @@ def make_tent_trainer(net: gluon.Block, lr: float, optimizer: str = "sgd",
 
 
 def tent_step(net: gluon.Block, X: nd.NDArray, trainer: gluon.Trainer) -> nd.NDArray:
-    """One TENT update on the batch X (N, ...): forward in training mode (batch statistics),
-    loss = mean entropy, backward, ``trainer.step(1)``. Returns the scores (N, K) of the forward
-    pass, computed before the update. A batch of one is refused (batch statistics need two)."""
+    """One TENT update on the batch X (N, ...): forward in training mode (batch
+    statistics), loss = mean entropy, backward, ``trainer.step(1)``. Returns the scores
+    (N, K) of the forward pass, computed before the update. A batch of one is refused
+    (batch statistics need two)."""
     if X.shape[0] < 2:
-        raise ValueError(f"TENT needs a test batch of at least 2 examples (it normalises with "
-                         f"the batch's statistics); got {X.shape[0]}")
+        raise ValueError(f"TENT needs a test batch of at least 2 examples (it "
+                         f"normalises with the batch's statistics); got {X.shape[0]}")
     with autograd.record(train_mode=True):
         scores = net(X)
         loss = entropy(scores).mean()

@@ -91,9 +91,9 @@ class ConditionalBatchNorm(nn.Block):
         moving_mean, moving_var = self.moving_mean.data(ctx), self.moving_var.data(ctx)
         ones = nd.ones((self.num_features,), ctx=ctx, dtype=X.dtype)
         training = autograd.is_training()
-        X_hat, new_mean, new_var = batch_norm(X, ones, ones * 0, moving_mean, moving_var,
-                                              training=training, eps=self.eps,
-                                              momentum=self.momentum)
+        X_hat, new_mean, new_var = batch_norm(X, ones, ones * 0, moving_mean,
+                                              moving_var, training=training,
+                                              eps=self.eps, momentum=self.momentum)
         if training:
             with autograd.pause():
                 moving_mean[:] = new_mean

@@ -70,10 +70,10 @@ def _params(net: gluon.Block) -> Dict[str, gluon.Parameter]:
 
 def aggregate(nets: Sequence[gluon.Block], weights, keep_norm_local: bool = False
               ) -> List[str]:
-    """One server round, in place: every parameter of every client net becomes the weighted
-    average over clients, except, with ``keep_norm_local=True`` (FedBN), the batch-norm
-    parameters and statistics (:func:`is_norm_param`), which stay each client's own. Returns the
-    structural names that were averaged."""
+    """One server round, in place: every parameter of every client net becomes the
+    weighted average over clients, except, with ``keep_norm_local=True`` (FedBN), the
+    batch-norm parameters and statistics (:func:`is_norm_param`), which stay each
+    client's own. Returns the structural names that were averaged."""
     if len(nets) < 1:
         raise ValueError("aggregate needs at least one client net")
     w = check_client_weights(weights, len(nets))

@@ -37,11 +37,12 @@ NORMS = ("batch", "layer", "none")
 # ---- the net ------------------------------------------------------------------------------------
 
 def convnet(norm: str = "batch", num_classes: int = 10) -> nn.HybridSequential:
-    """Conv(16, 3x3, no padding) -> [BN] -> ReLU -> MaxPool(2) -> Conv(32, 3x3) -> [BN] -> ReLU ->
-    MaxPool(2) -> Dense(64) -> [BN] -> ReLU -> Dense(num_classes), Gluon layers, hybridizable;
-    X: (N, 1, 28, 28) -> (N, num_classes). ``norm``: ``'batch'`` (``nn.BatchNorm``) or
-    ``'none'``. The first conv has no padding, so its output's mean over a batch is (up to the
-    border) ``sum(w_c) * mean pixel + b_c``, which :func:`intensity_from_first_bn` inverts."""
+    """Conv(16, 3x3, no padding) -> [BN] -> ReLU -> MaxPool(2) -> Conv(32, 3x3) ->
+    [BN] -> ReLU -> MaxPool(2) -> Dense(64) -> [BN] -> ReLU -> Dense(num_classes),
+    Gluon layers, hybridizable; X: (N, 1, 28, 28) -> (N, num_classes). ``norm``:
+    ``'batch'`` (``nn.BatchNorm``) or ``'none'``. The first conv has no padding, so
+    its output's mean over a batch is (up to the border) ``sum(w_c) * mean pixel +
+    b_c``, which :func:`intensity_from_first_bn` inverts."""
     if norm not in ("batch", "none"):
         raise ValueError(f"convnet's norm must be 'batch' or 'none'; got {norm!r}")
     num_classes = check_int("num_classes", num_classes)
@@ -473,12 +474,12 @@ def train_with_ema(data, seed: int, epochs: int, decay: float = 0.99, lr: float 
     return student, avg
 
 
-def ema_teacher(student: nn.HybridSequential, avg, statistics: str, X: Optional[nd.NDArray] = None
-                ) -> nn.HybridSequential:
+def ema_teacher(student: nn.HybridSequential, avg, statistics: str,
+                X: Optional[nd.NDArray] = None) -> nn.HybridSequential:
     """A teacher net with the averaged weights, gamma and beta of ``avg`` and batch-norm
-    statistics ``'copied'`` from the student, ``'averaged'`` (from ``avg``, like every other
-    parameter) or ``'recomputed'`` over images X (``practice.recalibrate_bn`` on the averaged
-    net)."""
+    statistics ``'copied'`` from the student, ``'averaged'`` (from ``avg``, like every
+    other parameter) or ``'recomputed'`` over images X (``practice.recalibrate_bn`` on
+    the averaged net)."""
     if statistics not in ("copied", "averaged", "recomputed"):
         raise ValueError("statistics must be 'copied', 'averaged' or 'recomputed'; "
                          f"got {statistics!r}")
