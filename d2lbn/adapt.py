@@ -3,8 +3,9 @@
 TENT adapts a trained net to unlabelled test batches as they arrive: every batch-norm layer
 normalises with the *test batch's* statistics (training mode), and one gradient step on the
 mean prediction entropy updates only the layers' scale ``gamma`` and shift ``beta``; every
-other weight stays fixed (Wang et al., 2021, sec. 3). The predictions for a batch are those of
-the forward pass before its update, as in the authors' code.
+other weight stays fixed (Wang et al., 2021). As in the authors' code (``tent.py``,
+``forward_and_adapt``), a batch's predictions are those of the forward pass that precedes
+its last update.
 
 * :func:`entropy` -- per-example Shannon entropy of the softmax of scores (N, K) -> (N,);
 * :func:`norm_affine_params` -- the gamma and beta parameters of a net's batch-norm layers;
@@ -48,9 +49,8 @@ def norm_affine_params(net: gluon.Block) -> List[gluon.Parameter]:
 
 def make_tent_trainer(net: gluon.Block, lr: float, optimizer: str = "sgd",
                       momentum: float = 0.9) -> gluon.Trainer:
-    """A ``gluon.Trainer`` over the batch-norm gammas and betas of ``net`` only. ``optimizer``:
-    ``'sgd'`` (with ``momentum``, as Wang et al. use on ImageNet) or ``'adam'`` (their CIFAR
-    setting)."""
+    """A ``gluon.Trainer`` over the batch-norm gammas and betas of ``net`` only.
+    ``optimizer``: ``'sgd'`` (with ``momentum``) or ``'adam'``."""
     lr = check_real("lr", lr, positive=True)
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam'; got {optimizer!r}")
@@ -80,15 +80,15 @@ def tent_step(net: gluon.Block, X: nd.NDArray, trainer: gluon.Trainer) -> nd.NDA
 def tent(net: gluon.Block, batches: Iterable[nd.NDArray], lr: float, steps: int = 1,
          optimizer: str = "sgd", momentum: float = 0.9) -> nd.NDArray:
     """Adapt ``net`` in place on a stream of test batches (each (n, ...)), ``steps`` TENT
-    updates per batch (the predictions are those of the first forward pass on each batch);
-    return the scores of every example, in stream order, (N, K). ``steps`` >= 1."""
+    updates per batch; return the scores of every example, in stream order, (N, K): for
+    each batch those of the forward pass of its last step (after ``steps - 1`` updates on
+    it), as the authors' code returns. ``steps`` >= 1."""
     steps = check_int("steps", steps)
     trainer = make_tent_trainer(net, lr, optimizer, momentum)
     out = []
     for X in batches:
-        scores = tent_step(net, X, trainer)
-        for _ in range(steps - 1):
-            tent_step(net, X, trainer)
+        for _ in range(steps):
+            scores = tent_step(net, X, trainer)
         if not np.isfinite(scores.asnumpy()).all():
             raise FloatingPointError("TENT's scores became non-finite: lower lr")
         out.append(scores)
