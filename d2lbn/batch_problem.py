@@ -1,12 +1,13 @@
-"""ch11's experiments: when the batch is the problem -- small and class-sorted batches, ghost batches
-at a large batch, swapping batch norm for group norm, padded sequences, a normaliser-free net, and
-the cost of ``gluon.nn.BatchNorm(axis=-1)``.
+"""ch11's experiments: when the batch is the problem -- small and class-sorted batches,
+ghost batches at a large batch, swapping batch norm for group norm, padded sequences, a
+normaliser-free net, and the cost of ``gluon.nn.BatchNorm(axis=-1)``.
 
-The nets are the LeNet of ``d2lbn.models`` with the normalization layer of :data:`KINDS` after every
-conv/dense layer but the last, and a small 1-D conv net over padded sequences (:class:`SeqNet`).
-Training (:func:`fit_batches`) is SGD with momentum and a half-cosine learning rate on batches
-from any iterator, so that class-sorted batches (:func:`class_sorted_batches`) and padded
-sequences (``(X, mask, y)``) go through the same loop; accuracy is measured in inference mode.
+The nets are the LeNet of ``d2lbn.models`` with the normalization layer of :data:`KINDS`
+after every conv/dense layer but the last, and a small 1-D conv net over padded
+sequences (:class:`SeqNet`). Training (:func:`fit_batches`) is SGD with momentum and a
+half-cosine learning rate on batches from any iterator, so that class-sorted batches
+(:func:`class_sorted_batches`) and padded sequences (``(X, mask, y)``) go through the
+same loop; accuracy is measured in inference mode.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from .checks import check_int, check_real
 from .norm import BatchNorm
 from .repro import set_seed
 
-__all__ = ["KINDS", "norm_lenet", "renorm_schedule", "class_sorted_batches", "shuffled_batches",
-           "FitResult", "fit_batches", "accuracy", "swap_norm", "row_sequences", "SeqNet",
+__all__ = ["KINDS", "norm_lenet", "renorm_schedule", "class_sorted_batches",
+           "shuffled_batches", "FitResult", "fit_batches", "accuracy", "swap_norm",
+           "row_sequences", "SeqNet",
            "SEQ_KINDS", "sequence_batches", "padding_statistics_gap", "axis_timing"]
 
 #: The normalizations :func:`norm_lenet` builds.
@@ -38,12 +40,12 @@ KINDS = ("batch", "renorm", "group", "layer", "instance", "ghost", "none")
 Batch = Tuple[nd.NDArray, ...]
 
 
-# ---- the LeNets -------------------------------------------------------------------------------
+# ---- the LeNets ----------------------------------------------------------------------
 
 def renorm_schedule(total_steps: int) -> Dict[str, int]:
-    """``BatchRenorm``'s schedule scaled to a run of ``total_steps``: batch norm for the first 5%,
-    r_max reaching 3 after 40% and d_max reaching 5 after 25% of the run (Ioffe, 2017, section 4:
-    5k, 40k and 25k steps of a longer run)."""
+    """``BatchRenorm``'s schedule scaled to a run of ``total_steps``: batch norm for the
+    first 5%, r_max reaching 3 after 40% and d_max reaching 5 after 25% of the run
+    (Ioffe, 2017, section 4: 5k, 40k and 25k steps of a longer run)."""
     total_steps = check_int("total_steps", total_steps)
     hold = max(total_steps // 20, 1)
     return {"hold": hold, "r_steps": max(total_steps * 2 // 5 - hold, 1),
@@ -52,15 +54,16 @@ def renorm_schedule(total_steps: int) -> Dict[str, int]:
 
 def norm_lenet(kind: str, num_groups: int = 2, virtual_batch_size: Optional[int] = None,
                total_steps: int = 1000) -> gluon.Block:
-    """LeNet (``d2lbn.models``) with the normalization ``kind`` after each conv/dense layer but
-    the last. X: (N, 1, 28, 28) -> (N, 10).
+    """LeNet (``d2lbn.models``) with the normalization ``kind`` after each conv/dense
+    layer but the last. X: (N, 1, 28, 28) -> (N, 10).
 
     ``'batch'``: ``d2lbn.norm.BatchNorm``; ``'renorm'``: :class:`BatchRenorm` with
     :func:`renorm_schedule(total_steps)`; ``'ghost'``: :class:`GhostBatchNorm` with
     ``virtual_batch_size`` (None: the whole batch); ``'group'`` (``num_groups`` groups),
-    ``'layer'`` (one group), ``'instance'`` (one group per channel): :class:`GroupNorm` in the two
-    conv layers and layer norm (one group) in the two dense layers, where a channel holds one value
-    per example and instance norm is undefined; ``'none'``: no normalization.
+    ``'layer'`` (one group), ``'instance'`` (one group per channel): :class:`GroupNorm`
+    in the two conv layers and layer norm (one group) in the two dense layers, where a
+    channel holds one value per example and instance norm is undefined; ``'none'``: no
+    normalization.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
@@ -82,11 +85,11 @@ def norm_lenet(kind: str, num_groups: int = 2, virtual_batch_size: Optional[int]
     return models._build(make, "relu")
 
 
-# ---- batches ---------------------------------------------------------------------------------
+# ---- batches -------------------------------------------------------------------------
 
 def shuffled_batches(X: nd.NDArray, y: nd.NDArray, batch_size: int) -> Iterator[Batch]:
-    """I.i.d. batches ``(X_b, y_b)`` of a fresh permutation (NumPy's global generator); a last
-    batch smaller than ``batch_size`` is dropped."""
+    """I.i.d. batches ``(X_b, y_b)`` of a fresh permutation (NumPy's global generator);
+    a last batch smaller than ``batch_size`` is dropped."""
     batch_size = check_int("batch_size", batch_size)
     order = np.random.permutation(X.shape[0])
     for b in range(X.shape[0] // batch_size):
@@ -96,10 +99,10 @@ def shuffled_batches(X: nd.NDArray, y: nd.NDArray, batch_size: int) -> Iterator[
 
 def class_sorted_batches(X: nd.NDArray, y: nd.NDArray, batch_size: int,
                          classes_per_batch: int = 1) -> Iterator[Batch]:
-    """Non-i.i.d. batches: each batch holds ``classes_per_batch`` classes, ``batch_size /
-    classes_per_batch`` examples of each (Ioffe, 2017, section 4.3, built the same way from 16
-    classes per batch of 32). The batches come in a random order (NumPy's global generator);
-    examples left over are dropped."""
+    """Non-i.i.d. batches: each batch holds ``classes_per_batch`` classes, ``batch_size
+    / classes_per_batch`` examples of each (Ioffe, 2017, section 4.3, built the same way
+    from 16 classes per batch of 32). The batches come in a random order (NumPy's global
+    generator); examples left over are dropped."""
     batch_size = check_int("batch_size", batch_size)
     classes_per_batch = check_int("classes_per_batch", classes_per_batch)
     if batch_size % classes_per_batch:
@@ -115,19 +118,20 @@ def class_sorted_batches(X: nd.NDArray, y: nd.NDArray, batch_size: int,
     while sum(len(v) > 0 for v in chunks.values()) >= classes_per_batch:
         alive = [c for c, v in chunks.items() if v]
         sizes = np.array([len(chunks[c]) for c in alive], dtype=float)
-        pick = np.random.choice(alive, classes_per_batch, replace=False, p=sizes / sizes.sum())
+        pick = np.random.choice(alive, classes_per_batch, replace=False,
+                                p=sizes / sizes.sum())
         batches.append(np.concatenate([chunks[c].pop() for c in pick]))
     for b in np.random.permutation(len(batches)):
         idx = nd.array(batches[b], ctx=X.context)
         yield X.take(idx), y.take(idx)
 
 
-# ---- training and evaluation -------------------------------------------------------------------
+# ---- training and evaluation ---------------------------------------------------------
 
 @dataclass
 class FitResult:
-    """A run of :func:`fit_batches`: ``test_acc`` (inference mode) and mean training ``loss``
-    per epoch, ``clipped``: units AGC clipped, ``seconds``: wall time."""
+    """A run of :func:`fit_batches`: ``test_acc`` (inference mode) and mean training
+    ``loss`` per epoch, ``clipped``: units AGC clipped, ``seconds``: wall time."""
     test_acc: List[float] = field(default_factory=list)
     loss: List[float] = field(default_factory=list)
     clipped: int = 0
@@ -143,24 +147,27 @@ def accuracy(net: gluon.Block, batches: Iterable[Batch]) -> float:
     correct = total = 0
     for *inputs, y in batches:
         scores = net(*inputs)
-        correct += int((scores.argmax(axis=1) == y.astype(scores.dtype)).sum().asscalar())
+        hits = scores.argmax(axis=1) == y.astype(scores.dtype)
+        correct += int(hits.sum().asscalar())
         total += y.shape[0]
     return correct / total
 
 
-def fit_batches(net: gluon.Block, batches: Callable[[], Iterable[Batch]], num_epochs: int,
-                lr: float, test: Callable[[], Iterable[Batch]], *, seed: Optional[int] = 0,
-                ctx: mx.Context = mx.cpu(), initialize: bool = True, momentum: float = 0.9,
+def fit_batches(net: gluon.Block, batches: Callable[[], Iterable[Batch]],
+                num_epochs: int, lr: float, test: Callable[[], Iterable[Batch]], *,
+                seed: Optional[int] = 0, ctx: mx.Context = mx.cpu(),
+                initialize: bool = True, momentum: float = 0.9,
                 cosine: bool = True, agc: Optional[float] = None,
                 steps_per_epoch: Optional[int] = None) -> FitResult:
-    """Train ``net`` with SGD (momentum) and softmax cross-entropy on ``batches()`` (called once
-    per epoch; each batch ``(*inputs, y)``), testing on ``test()`` after every epoch.
+    """Train ``net`` with SGD (momentum) and softmax cross-entropy on ``batches()``
+    (called once per epoch; each batch ``(*inputs, y)``), testing on ``test()`` after
+    every epoch.
 
-    ``seed``: seed every generator first (None: don't); ``initialize``: Xavier-initialise (False
-    to fine-tune); ``cosine``: half-cosine learning rate to 0 over the run (needs
-    ``steps_per_epoch``, counted from one pass of ``batches()`` if None); ``agc``: clip gradients
-    with :func:`d2lbn.alt_norm.adaptive_grad_clip` at this ratio. A NaN or infinite loss raises
-    ``FloatingPointError``.
+    ``seed``: seed every generator first (None: don't); ``initialize``:
+    Xavier-initialise (False to fine-tune); ``cosine``: half-cosine learning rate to 0
+    over the run (needs ``steps_per_epoch``, counted from one pass of ``batches()`` if
+    None); ``agc``: clip gradients with :func:`d2lbn.alt_norm.adaptive_grad_clip` at
+    this ratio. A NaN or infinite loss raises ``FloatingPointError``.
     """
     num_epochs = check_int("num_epochs", num_epochs)
     lr = check_real("lr", lr, positive=True)
@@ -172,8 +179,8 @@ def fit_batches(net: gluon.Block, batches: Callable[[], Iterable[Batch]], num_ep
     if cosine:
         if steps_per_epoch is None:
             steps_per_epoch = sum(1 for _ in batches())
-        params["lr_scheduler"] = CosineScheduler(max_update=num_epochs * steps_per_epoch,
-                                                 base_lr=lr, final_lr=0.0)
+        params["lr_scheduler"] = CosineScheduler(
+            max_update=num_epochs * steps_per_epoch, base_lr=lr, final_lr=0.0)
     trainer = gluon.Trainer(net.collect_params(), "sgd", params)
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     result, start = FitResult(), time.perf_counter()
@@ -198,9 +205,10 @@ def fit_batches(net: gluon.Block, batches: Callable[[], Iterable[Batch]], num_ep
 
 
 def swap_norm(trained: gluon.Block, kind: str, **options) -> gluon.Block:
-    """A :func:`norm_lenet(kind, **options)` with the weights of the trained batch-norm LeNet
-    ``trained``: convolutions, dense layers, gamma and beta copied in order; the moving statistics
-    are dropped (the new layers have none). The new net is initialised on ``trained``'s context."""
+    """A :func:`norm_lenet(kind, **options)` with the weights of the trained batch-norm
+    LeNet ``trained``: convolutions, dense layers, gamma and beta copied in order; the
+    moving statistics are dropped (the new layers have none). The new net is initialised
+    on ``trained``'s context."""
     new = norm_lenet(kind, **options)
     src = [p for p in trained.collect_params().values() if "moving" not in p.name]
     dst = [p for p in new.collect_params().values() if "moving" not in p.name]
@@ -215,19 +223,20 @@ def swap_norm(trained: gluon.Block, kind: str, **options) -> gluon.Block:
     return new
 
 
-# ---- padded sequences ------------------------------------------------------------------------
+# ---- padded sequences ----------------------------------------------------------------
 
-#: The normalizations :class:`SeqNet` builds: batch norm over every position (padding included),
-#: batch norm over the valid positions, layer norm over the channels at each position.
+#: The normalizations :class:`SeqNet` builds: batch norm over every position (padding
+#: included), batch norm over the valid positions, layer norm over the channels at each
+#: position.
 SEQ_KINDS = ("padded", "masked", "layer")
 
 
 def row_sequences(X: nd.NDArray, min_length: int, max_length: int = 28
                   ) -> Tuple[nd.NDArray, nd.NDArray]:
-    """Fashion-MNIST images X: (n, 1, 28, 28) as sequences of rows, each cut to a random length
-    in [min_length, max_length] (NumPy's global generator) and zero-padded to 28: returns
-    ``(S, mask)`` with S: (n, 28, 28) (channel = pixel column, position = image row) and
-    mask: (n, 28)."""
+    """Fashion-MNIST images X: (n, 1, 28, 28) as sequences of rows, each cut to a random
+    length in [min_length, max_length] (NumPy's global generator) and zero-padded to 28:
+    returns ``(S, mask)`` with S: (n, 28, 28) (channel = pixel column, position = image
+    row) and mask: (n, 28)."""
     min_length = check_int("min_length", min_length)
     max_length = check_int("max_length", max_length)
     if not min_length <= max_length <= 28:
@@ -244,16 +253,18 @@ def row_sequences(X: nd.NDArray, min_length: int, max_length: int = 28
 def sequence_batches(S: nd.NDArray, mask: nd.NDArray, y: nd.NDArray, batch_size: int,
                      shuffle: bool = True, extra_padding: Sequence[int] = (0,)
                      ) -> Iterator[Batch]:
-    """Batches ``(S_b, mask_b, y_b)``; shuffled ones drop a last short batch. Each batch is
-    padded with a further ``p`` zero positions, ``p`` drawn from ``extra_padding`` per batch
-    (NumPy's global generator): a pipeline that pads to one of several bucket lengths."""
+    """Batches ``(S_b, mask_b, y_b)``; shuffled ones drop a last short batch. Each batch
+    is padded with a further ``p`` zero positions, ``p`` drawn from ``extra_padding``
+    per batch (NumPy's global generator): a pipeline that pads to one of several bucket
+    lengths."""
     n = S.shape[0]
     order = np.random.permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if shuffle else n
     for i in range(0, stop, batch_size):
         idx = nd.array(order[i:i + batch_size], ctx=S.context)
         Sb, Mb = S.take(idx), mask.take(idx)
-        pad = int(np.random.choice(extra_padding)) if len(extra_padding) > 1 else extra_padding[0]
+        pad = (int(np.random.choice(extra_padding)) if len(extra_padding) > 1
+               else extra_padding[0])
         if pad:
             Sb = nd.concat(Sb, nd.zeros(Sb.shape[:2] + (pad,), ctx=Sb.context), dim=2)
             Mb = nd.concat(Mb, nd.zeros((Mb.shape[0], pad), ctx=Mb.context), dim=1)
@@ -261,14 +272,16 @@ def sequence_batches(S: nd.NDArray, mask: nd.NDArray, y: nd.NDArray, batch_size:
 
 
 class SeqNet(nn.Block):
-    """A 1-D conv net over padded sequences: ``forward(S, mask)`` with S: (N, 28, L), mask:
-    (N, L) -> scores (N, 10). Two blocks Conv1D(channels, 3, padding 1) -> norm -> ReLU, each
-    output zeroed at the padding, then the mean over the valid positions and a dense layer.
+    """A 1-D conv net over padded sequences: ``forward(S, mask)`` with S: (N, 28, L),
+    mask: (N, L) -> scores (N, 10). Two blocks Conv1D(channels, 3, padding 1) -> norm ->
+    ReLU, each output zeroed at the padding, then the mean over the valid positions and
+    a dense layer.
 
-    ``kind``: ``'padded'`` -- :class:`MaskedBatchNorm` given an all-ones mask, so its statistics
-    cover every position, padding included (ordinary batch norm of (N, C, L)); ``'masked'`` -- the
-    same layer given the mask; ``'layer'`` -- ``gluon.nn.LayerNorm(axis=1)``, each position
-    normalised over its channels. Only the statistics differ between the three.
+    ``kind``: ``'padded'`` -- :class:`MaskedBatchNorm` given an all-ones mask, so its
+    statistics cover every position, padding included (ordinary batch norm of (N, C,
+    L)); ``'masked'`` -- the same layer given the mask; ``'layer'`` --
+    ``gluon.nn.LayerNorm(axis=1)``, each position normalised over its channels. Only the
+    statistics differ between the three.
     """
 
     def __init__(self, kind: str, channels: int = 32, **kwargs):
@@ -306,15 +319,16 @@ class SeqNet(nn.Block):
 
 def padding_statistics_gap(net: SeqNet, S: nd.NDArray, lengths: Sequence[int]
                            ) -> Dict[int, Tuple[float, float]]:
-    """How padding corrupts batch statistics: for each length L in ``lengths``, cut every
-    sequence of S: (N, 28, 28) to L (zero-padded to 28), and compare the first conv layer's
-    per-channel mean and biased variance over every position with those over the valid ones.
-    Returns ``{L: (mean |mean_all - mean_valid| / std_valid, mean var_all / var_valid)}``."""
+    """How padding corrupts batch statistics: for each length L in ``lengths``, cut
+    every sequence of S: (N, 28, 28) to L (zero-padded to 28), and compare the first
+    conv layer's per-channel mean and biased variance over every position with those
+    over the valid ones. Returns ``{L: (mean |mean_all - mean_valid| / std_valid, mean
+    var_all / var_valid)}``."""
     out = {}
     conv = net.convs[0]
     for L in lengths:
-        mask = nd.array(np.tile((np.arange(28) < L).astype(np.float32), (S.shape[0], 1)),
-                        ctx=S.context)
+        row = (np.arange(28) < L).astype(np.float32)
+        mask = nd.array(np.tile(row, (S.shape[0], 1)), ctx=S.context)
         H = conv(S * mask.expand_dims(1)).asnumpy().astype(np.float64)   # (N, C, 28)
         valid = H[:, :, :L]
         m_all, v_all = H.mean(axis=(0, 2)), H.var(axis=(0, 2))
@@ -324,16 +338,19 @@ def padding_statistics_gap(net: SeqNet, S: nd.NDArray, lengths: Sequence[int]
     return out
 
 
-# ---- what axis=-1 costs ----------------------------------------------------------------------
+# ---- what axis=-1 costs --------------------------------------------------------------
 
 def axis_timing(channels_first: Tuple[int, ...], rounds: int = 5, reps: int = 5,
-                ctx: mx.Context = mx.cpu(), seed: int = 0) -> Tuple[Dict[str, List[float]], float]:
+                ctx: mx.Context = mx.cpu(), seed: int = 0
+                ) -> Tuple[Dict[str, List[float]], float]:
     """Forward+backward milliseconds of ``gluon.nn.BatchNorm(axis=1)`` on X of shape
-    ``channels_first`` (N, C, ...) and of ``gluon.nn.BatchNorm(axis=-1)`` on the same values
-    channel-last (N, ..., C), timed in the same rounds (``d2lbn.timing.paired_rounds``).
+    ``channels_first`` (N, C, ...) and of ``gluon.nn.BatchNorm(axis=-1)`` on the same
+    values channel-last (N, ..., C), timed in the same rounds
+    (``d2lbn.timing.paired_rounds``).
 
-    Returns ``({'axis=1': [ms per round], 'axis=-1': [...]}, max |difference|)`` where the
-    difference compares the two outputs (transposed back) and must be float32 rounding."""
+    Returns ``({'axis=1': [ms per round], 'axis=-1': [...]}, max |difference|)`` where
+    the difference compares the two outputs (transposed back) and must be float32
+    rounding."""
     from .timing import layer_step, paired_rounds
     set_seed(seed)
     X = nd.random.normal(2, 3, shape=channels_first, ctx=ctx)
