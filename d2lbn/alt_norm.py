@@ -66,6 +66,19 @@ def _batch_axes(X: nd.NDArray) -> Tuple[int, ...]:
     return (0,) + tuple(range(2, X.ndim))
 
 
+def _inference(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
+               moving_mean: nd.NDArray, moving_var: nd.NDArray, eps: float
+               ) -> Tuple[nd.NDArray, nd.NDArray, nd.NDArray]:
+    """Inference mode of every batch-norm variant: batch norm with the moving
+    statistics;
+    returns ``(Y, moving_mean, moving_var)`` (the statistics detached, unchanged)."""
+    shape = _param_shape(X)
+    X_hat = ((X - moving_mean.reshape(shape))
+             / nd.sqrt(moving_var.reshape(shape) + eps))
+    return (gamma.reshape(shape) * X_hat + beta.reshape(shape),
+            moving_mean.detach(), moving_var.detach())
+
+
 def _moving_update(moving: nd.NDArray, batch: nd.NDArray,
                    momentum: float) -> nd.NDArray:
     return momentum * moving.detach() + (1.0 - momentum) * batch.detach()
@@ -197,10 +210,7 @@ def batch_renorm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     r_max, d_max = _check_limits(r_max, d_max)
     shape = _param_shape(X)
     if not training:
-        X_hat = ((X - moving_mean.reshape(shape))
-                 / nd.sqrt(moving_var.reshape(shape) + eps))
-        return (gamma.reshape(shape) * X_hat + beta.reshape(shape),
-                moving_mean.detach(), moving_var.detach())
+        return _inference(X, gamma, beta, moving_mean, moving_var, eps)
     if X.size // X.shape[1] < 2:
         raise ValueError("batch renorm in training mode needs more than one value "
                          "per channel; "
@@ -302,10 +312,7 @@ def ghost_batch_norm(X: nd.NDArray, gamma: nd.NDArray, beta: nd.NDArray,
     N, C = X.shape[:2]
     shape = _param_shape(X)
     if not training:
-        X_hat = ((X - moving_mean.reshape(shape))
-                 / nd.sqrt(moving_var.reshape(shape) + eps))
-        return (gamma.reshape(shape) * X_hat + beta.reshape(shape),
-                moving_mean.detach(), moving_var.detach())
+        return _inference(X, gamma, beta, moving_mean, moving_var, eps)
     if N % V:
         raise ValueError(f"virtual_batch_size={V} must divide the batch size N={N}; "
                          f"use a batch of {N - N % V} or {N + V - N % V}")
@@ -408,10 +415,8 @@ def masked_batch_norm(X: nd.NDArray, mask: nd.NDArray, gamma: nd.NDArray,
     shape = _param_shape(X)
     m = mask.astype(X.dtype).expand_dims(1)               # (N, 1, L)
     if not training:
-        X_hat = ((X - moving_mean.reshape(shape))
-                 / nd.sqrt(moving_var.reshape(shape) + eps))
-        return ((gamma.reshape(shape) * X_hat + beta.reshape(shape)) * m,
-                moving_mean.detach(), moving_var.detach())
+        Y, mean, var = _inference(X, gamma, beta, moving_mean, moving_var, eps)
+        return Y * m, mean, var
     count = float(mask.sum().asscalar())
     if count < 2:
         raise ValueError("masked batch norm in training mode needs at least two "
