@@ -249,7 +249,9 @@ def qat_run(seed: int, data, bits: int, per_channel: bool, num_epochs: int, lr: 
 #: and a batch of 256 drawn by NumPy (so MXNet's own random generator plays no part), 10 SGD steps;
 #: then MXNet's BatchNorm alone, forward and backward on a (64, 32, 28, 28) batch.
 THREAD_PROBE = """
-import sys, numpy as np, mxnet as mx
+import sys
+import d2lbn  # first: under NumPy >= 1.24 it restores numpy.bool for mxnet
+import numpy as np, mxnet as mx
 from mxnet import autograd, gluon, nd
 from d2lbn.models import lenet_bn_gluon
 rng = np.random.default_rng(0)

@@ -76,7 +76,9 @@ def test_checkpointed_gradients_equal_plain_on_gpu():
 
 
 RUN_TWICE = """
-import sys, numpy as np, mxnet as mx
+import sys
+import d2lbn  # first: under NumPy >= 1.24 it restores numpy.bool for mxnet
+import numpy as np, mxnet as mx
 from mxnet import autograd, gluon, nd
 from d2lbn.models import lenet_bn_gluon
 ctx = mx.cpu(1) if sys.argv[1] == 'cpu' else mx.gpu(0)
