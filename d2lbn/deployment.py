@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import mxnet as mx
@@ -31,7 +31,8 @@ from .training import set_seed
 
 __all__ = ["make_lenet", "fit_lenet", "ptq_accuracies", "SlimmingResult", "slimming_run",
            "steps_to_forget", "gluon_precise_statistics", "start_of_training_run",
-           "qat_run", "THREAD_PROBE", "thread_probe", "permutation_difference", "double_update_ratio"]
+           "qat_run", "PROBE_OPERATORS", "THREAD_PROBE", "thread_probe", "permutation_difference",
+           "PermutationDifference", "double_update_ratio"]
 
 
 def make_lenet() -> gluon.nn.HybridSequential:
@@ -245,15 +246,34 @@ def qat_run(seed: int, data, bits: int, per_channel: bool, num_epochs: int, lr: 
     return [first, second]
 
 
+#: The operators of the LeNet at the shapes they see in :data:`THREAD_PROBE` (a batch of 256):
+#: name -> (operator, input shape, parameter shape or None).
+PROBE_OPERATORS = {
+    "Convolution 1": ("Convolution", (256, 1, 28, 28), (6, 1, 5, 5)),
+    "BatchNorm 1": ("BatchNorm", (256, 6, 24, 24), None),
+    "Pooling 1": ("Pooling", (256, 6, 24, 24), None),
+    "Convolution 2": ("Convolution", (256, 6, 12, 12), (16, 6, 5, 5)),
+    "BatchNorm 2": ("BatchNorm", (256, 16, 8, 8), None),
+    "Pooling 2": ("Pooling", (256, 16, 8, 8), None),
+    "FullyConnected 1": ("FullyConnected", (256, 256), (120, 256)),
+    "BatchNorm 3": ("BatchNorm", (256, 120), None),
+    "FullyConnected 2": ("FullyConnected", (256, 120), (84, 120)),
+    "BatchNorm 4": ("BatchNorm", (256, 84), None),
+    "FullyConnected 3": ("FullyConnected", (256, 84), (10, 84)),
+}
+
 #: The script :func:`thread_probe` runs in a fresh process: a LeNet with gluon BatchNorm, weights
 #: and a batch of 256 drawn by NumPy (so MXNet's own random generator plays no part), 10 SGD steps;
-#: then MXNet's BatchNorm alone, forward and backward on a (64, 32, 28, 28) batch.
+#: then each operator of that LeNet alone (:data:`PROBE_OPERATORS`), at the shape it sees there,
+#: forward and backward on NumPy-drawn data: keys ``'<name>: output'``, ``'<name>: input
+#: gradient'`` and, for convolutions and dense layers, ``'<name>: weight gradient'``.
 THREAD_PROBE = """
 import sys
 import d2lbn  # first: under NumPy >= 1.24 it restores numpy.bool for mxnet
 import numpy as np, mxnet as mx
 from mxnet import autograd, gluon, nd
 from d2lbn.models import lenet_bn_gluon
+from d2lbn.deployment import PROBE_OPERATORS
 rng = np.random.default_rng(0)
 X = nd.array(rng.uniform(size=(256, 1, 28, 28))); y = nd.array(np.arange(256) % 10)
 net = lenet_bn_gluon(); net.hybridize(); net.initialize(); net(X)
@@ -273,12 +293,26 @@ for step in range(10):
     trainer.step(256)
 out['weights after 10 steps'] = np.concatenate([p.data().asnumpy().ravel()
                                                 for p in net.collect_params().values()])
-x = nd.array(rng.normal(size=(64, 32, 28, 28))); x.attach_grad()
-gamma, beta = nd.array(rng.uniform(0.5, 2, 32)), nd.zeros(32)
-with autograd.record():
-    o = nd.BatchNorm(x, gamma, beta, nd.zeros(32), nd.ones(32), fix_gamma=False)
-o.backward(nd.array(rng.normal(size=o.shape)))
-out['BatchNorm output'], out['BatchNorm input gradient'] = o.asnumpy(), x.grad.asnumpy()
+for name, (op, shape, wshape) in PROBE_OPERATORS.items():
+    x = nd.array(rng.normal(size=shape) * 2 + 1); x.attach_grad()
+    c = shape[1]
+    if wshape is not None:
+        w = nd.array(rng.normal(scale=0.1, size=wshape)); w.attach_grad()
+        b = nd.array(rng.normal(scale=0.1, size=wshape[0]))
+    with autograd.record():
+        if op == 'BatchNorm':
+            o = nd.BatchNorm(x, nd.array(rng.uniform(0.5, 2, c)), nd.array(rng.normal(size=c)),
+                             nd.zeros(c), nd.ones(c), fix_gamma=False)
+        elif op == 'Pooling':
+            o = nd.Pooling(x, kernel=(2, 2), stride=(2, 2), pool_type='max')
+        elif op == 'Convolution':
+            o = nd.Convolution(x, w, b, kernel=wshape[2:], num_filter=wshape[0])
+        else:
+            o = nd.FullyConnected(x, w, b, num_hidden=wshape[0])
+    o.backward(nd.array(rng.normal(size=o.shape)))
+    out[name + ': output'], out[name + ': input gradient'] = o.asnumpy(), x.grad.asnumpy()
+    if wshape is not None:
+        out[name + ': weight gradient'] = w.grad.asnumpy()
 np.savez(sys.argv[1], **out)
 """
 
@@ -299,11 +333,28 @@ def thread_probe(threads: int, path: str) -> Dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def permutation_difference(X: nd.NDArray, seed: int = 0) -> Tuple[float, float]:
+class PermutationDifference(NamedTuple):
+    """What :func:`permutation_difference` measures (largest absolute differences; 0.0 means
+    bit-identical). ``predicted``: the output difference that the two runs' stored statistics
+    alone produce, normalising the same values in float64 with each run's mean and variance.
+    ``equal_spread``: within the first run, the largest spread of the outputs of equal input values
+    of one channel (0.0: a value's output does not depend on where it sits in the batch)."""
+    mean: float
+    var: float
+    out: float
+    predicted: float
+    equal_spread: float
+
+
+def permutation_difference(X: nd.NDArray, seed: int = 0, eps: float = 1e-3
+                           ) -> PermutationDifference:
     """MXNet's BatchNorm in training mode (gamma 1, beta 0, momentum 0) on X (N, C, H, W) and on X
-    with its rows shuffled (the same values in another order), on the CPU. Returns the largest
-    difference of the batch means (read from the moving mean, which with momentum 0 is the batch
-    mean once backward() has run) and of the outputs, shuffled back. 0.0 means bit-identical."""
+    with its rows shuffled (the same values in another order), on the CPU. The batch mean and
+    variance are read from the moving statistics, which with momentum 0 are the batch's once
+    backward() has run (MXNet 1.9.1 on the CPU stores the biased variance). Returns the largest
+    differences of the means, the variances and the outputs (shuffled back), the output
+    difference the statistics predict, and the spread of equal values' outputs
+    (:class:`PermutationDifference`)."""
     if not isinstance(X, nd.NDArray) or X.ndim != 4:
         raise ValueError("X must be an NDArray (N, C, H, W)")
     perm = np.random.default_rng(seed).permutation(X.shape[0])
@@ -314,10 +365,28 @@ def permutation_difference(X: nd.NDArray, seed: int = 0) -> Tuple[float, float]:
         Z = Z.copy()
         Z.attach_grad()
         with autograd.record():
-            out = nd.BatchNorm(Z, nd.ones(channels), nd.zeros(channels), mean, var,
+            out = nd.BatchNorm(Z, nd.ones(channels), nd.zeros(channels), mean, var, eps=eps,
                                momentum=0.0, fix_gamma=False)
         out.backward()
-        return mean.asnumpy(), out.asnumpy()
-    mean_a, out_a = bn(X)
-    mean_b, out_b = bn(X[nd.array(perm)])
-    return float(np.abs(mean_a - mean_b).max()), float(np.abs(out_a[perm] - out_b).max())
+        return mean.asnumpy(), var.asnumpy(), out.asnumpy()
+    mean_a, var_a, out_a = bn(X)
+    mean_b, var_b, out_b = bn(X[nd.array(perm)])
+    x = X.asnumpy().astype(np.float64)
+    shape = (1, channels, 1, 1)
+
+    def normalise(mean, var):
+        return (x - mean.astype(np.float64).reshape(shape)) / np.sqrt(
+            var.astype(np.float64).reshape(shape) + eps)
+    predicted = float(np.abs(normalise(mean_a, var_a) - normalise(mean_b, var_b)).max())
+    spread = 0.0
+    for c in range(channels):
+        values, groups = np.unique(x[:, c].ravel(), return_inverse=True)
+        outs = out_a[:, c].ravel()
+        hi = np.full(len(values), -np.inf)
+        lo = np.full(len(values), np.inf)
+        np.maximum.at(hi, groups, outs)
+        np.minimum.at(lo, groups, outs)
+        spread = max(spread, float((hi - lo).max()))
+    return PermutationDifference(float(np.abs(mean_a - mean_b).max()),
+                                 float(np.abs(var_a - var_b).max()),
+                                 float(np.abs(out_a[perm] - out_b).max()), predicted, spread)

@@ -4,8 +4,9 @@ What ``mx.onnx`` 1.9.1 does with a batch-norm layer (read in
 ``mxnet/onnx/mx2onnx/_op_translations/_op_translations_opset12.py``, ``convert_batchnorm``, and
 run in chapter 12): MXNet's ``BatchNorm`` node becomes one ONNX ``BatchNormalization`` node with
 the attributes ``epsilon`` and ``momentum`` and no ``training_mode``, so ONNX's default, inference
-(the stored mean and variance), applies; the moving statistics travel as initializers. Two things
-do not travel:
+(the stored mean and variance), applies; the moving statistics travel as initializers (and, like
+every parameter, are also listed among the graph's inputs, with the initializer as default). Two
+things do not travel:
 
 * the mode: an exported graph always normalises with the *stored* statistics, whatever mode the
   net was in when it was exported. Statistics that were never updated (still 0 and 1) are exported
@@ -145,8 +146,10 @@ def batch_norm_nodes(model) -> List[BatchNormNode]:
 def check_inference_graph(model) -> List[BatchNormNode]:
     """Raise :class:`ExportError` unless every batch-norm node of ``model`` computes inference:
     ``training_mode`` 0 (ONNX's default), one output (a training-mode node also outputs the
-    running mean and variance), and its scale, bias, mean and variance stored as initializers (not
-    graph inputs a runtime would have to be fed). Returns the nodes."""
+    running mean and variance), and its scale, bias, mean and variance stored as initializers.
+    (``mx.onnx`` 1.9.1 also lists every parameter among the graph's inputs, each with its
+    initializer as the default value: a runtime need not be fed them, but may let a caller override
+    them.) Returns the nodes."""
     nodes = batch_norm_nodes(model)
     for node in nodes:
         if node.training_mode != 0 or node.num_outputs != 1:
