@@ -9,7 +9,9 @@ identical training runs differ there.
   tests/test_compress.py). ``cudnn_off=True`` is not reachable through gluon's BatchNorm here.
 * **Reproducibility:** two runs of the same 10 steps (same weights and batch, drawn by NumPy) in
   one process give bit-identical weights with ``MXNET_ENFORCE_DETERMINISM=1`` (MXNet 1.9.1's switch
-  that makes cuDNN pick deterministic algorithms), checked in fresh processes. Without it the
+  that makes cuDNN pick deterministic convolution algorithms, apache/mxnet#12992; #13829 reports
+  backward non-determinism with it set, so this assertion is a hypothesis for this LeNet), checked in
+  fresh processes. Without it the
   difference is printed, not asserted (cuDNN may or may not pick a non-deterministic algorithm).
 
 The mean of the first layer's input is computed on the GPU in float32 and compared with rtol 1e-3.
