@@ -1,4 +1,5 @@
-"""ch13's studies: batch norm in test-time adaptation, federated, per-example, GAN and few-shot setups.
+"""ch13's studies: batch norm in test-time adaptation, federated, per-example, GAN, few-shot
+and contrastive setups.
 
 Every study runs a small conv net (:func:`convnet`) on Fashion-MNIST images ``X: (N, 1, 28,
 28)`` in [0, 1] with labels ``y: (N,)``; training is chapter 9's ``practice.fit``. The library
@@ -28,7 +29,9 @@ __all__ = ["NORMS", "convnet", "train_convnet", "copy_net", "SHIFTS", "accuracy_
            "batch_stats_scores", "noisy", "majority_share", "local_statistics_accuracy", "adabn_accuracy", "tent_accuracy", "class_sorted",
            "federated_run", "intensity_from_first_bn", "mlp", "per_example_loss",
            "critic_penalty_spread", "Generator", "Critic", "train_cgan", "standing_statistics",
-           "sample", "train_with_ema", "ema_teacher", "features", "episode", "nearest_centroid_accuracy"]
+           "sample", "train_with_ema", "ema_teacher", "features", "episode", "nearest_centroid_accuracy",
+           "info_nce", "shuffle_permutation", "encode_in_groups", "augment_views",
+           "contrastive_encoder", "train_contrastive", "contrastive_accuracy", "knn_accuracy"]
 
 #: The normalisation choices of :func:`convnet` and :func:`mlp`.
 NORMS = ("batch", "layer", "none")
@@ -493,3 +496,149 @@ def ema_teacher(student: nn.HybridSequential, avg, statistics: str,
             raise ValueError("statistics='recomputed' needs the images X")
         P.recalibrate_bn(teacher, X)
     return teacher
+
+
+# ---- contrastive learning: the intra-batch leak and shuffling batch norm -------------
+
+def info_nce(q: nd.NDArray, k: nd.NDArray, tau: float = 0.2
+             ) -> Tuple[nd.NDArray, nd.NDArray]:
+    """InfoNCE over the batch: queries ``q: (N, D)`` and keys ``k: (N, D)``, row ``i``
+    of ``k`` the positive of row ``i`` of ``q``, every other row a negative. Both are
+    scaled to unit length; ``logits = q k^T / tau`` (N, N); the loss of query ``i`` is
+    ``-log softmax(logits_i)[i]``. Returns ``(losses (N,), logits (N, N))``."""
+    tau = check_real("tau", tau, positive=True)
+    if q.ndim != 2 or q.shape != k.shape:
+        raise ValueError("q and k must be (N, D) of one shape; "
+                         f"got {q.shape} and {k.shape}")
+    q = q / nd.sqrt((q * q).sum(axis=1, keepdims=True) + 1e-12)
+    k = k / nd.sqrt((k * k).sum(axis=1, keepdims=True) + 1e-12)
+    logits = nd.dot(q, k, transpose_b=True) / tau
+    n = q.shape[0]
+    idx = nd.arange(n, dtype=logits.dtype)
+    return -nd.log_softmax(logits, axis=1).pick(idx, axis=1), logits
+
+
+def shuffle_permutation(n: int, rng: np.random.Generator
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+    """A random order of ``n`` rows and its inverse: ``X[perm][inverse] == X``."""
+    n = check_int("n", n)
+    perm = rng.permutation(n)
+    return perm, np.argsort(perm)
+
+
+def encode_in_groups(net: gluon.Block, X: nd.NDArray, groups: int,
+                     perm: Optional[np.ndarray] = None) -> nd.NDArray:
+    """Encode ``X: (N, ...)`` in ``groups`` equal sub-batches, one call of ``net``
+    each, so that in training mode every batch-norm layer normalises each sub-batch
+    with its own statistics (chapter 7's per-device statistics, on one device). With
+    ``perm`` the rows are put in that order first and the outputs put back (MoCo's
+    shuffling batch norm): row ``i`` of the result is the encoding of ``X[i]``."""
+    groups = check_int("groups", groups)
+    n = X.shape[0]
+    if n % groups:
+        raise ValueError(f"{n} rows do not split into {groups} equal sub-batches")
+    if perm is not None:
+        perm = np.asarray(perm)
+        if sorted(perm.tolist()) != list(range(n)):
+            raise ValueError(f"perm must be a permutation of range({n})")
+        X = X.take(nd.array(perm, dtype="int64"))
+    Z = nd.concat(*[net(p) for p in nd.split(X, groups, axis=0)], dim=0) \
+        if groups > 1 else net(X)
+    if perm is not None:
+        Z = Z.take(nd.array(np.argsort(perm), dtype="int64"))
+    return Z
+
+
+def augment_views(X: nd.NDArray, rng: np.random.Generator, shift: int = 3,
+                  noise: float = 0.1) -> nd.NDArray:
+    """One random view of each image of ``X: (N, 1, 28, 28)``: a circular shift of up to
+    ``shift`` pixels each way, a brightness factor in [0.6, 1.4] and Gaussian noise of
+    standard deviation ``noise``. Returns ``(N, 784)``."""
+    Xn = X.asnumpy()
+    n = Xn.shape[0]
+    out = np.empty_like(Xn)
+    shifts = rng.integers(-shift, shift + 1, (n, 2))
+    for i in range(n):
+        out[i] = np.roll(Xn[i], tuple(shifts[i]), axis=(1, 2))
+    out = out * rng.uniform(0.6, 1.4, (n, 1, 1, 1)) + rng.normal(0, noise, out.shape)
+    return nd.array(out.reshape(n, -1), dtype=X.dtype)
+
+
+def contrastive_encoder(hidden: int = 256, dim: int = 64) -> nn.Sequential:
+    """Dense(hidden) -> BN -> ReLU -> Dense(hidden) -> BN -> ReLU -> Dense(dim), Gluon's
+    batch norm; input ``(N, 784)``, output ``(N, dim)``."""
+    net = nn.Sequential()
+    net.add(nn.Dense(hidden), nn.BatchNorm(), nn.Activation("relu"),
+            nn.Dense(hidden), nn.BatchNorm(), nn.Activation("relu"), nn.Dense(dim))
+    return net
+
+
+def train_contrastive(X: nd.NDArray, seed: int, steps: int, batch_size: int = 256,
+                      groups: int = 16, shuffle: bool = False, tau: float = 0.2,
+                      lr: float = 1e-3) -> Tuple[nn.Sequential, List[float]]:
+    """Train :func:`contrastive_encoder` with InfoNCE on two views of each of
+    ``batch_size`` images drawn from ``X: (N, 1, 28, 28)``: queries and keys are
+    encoded in ``groups`` sub-batches each (:func:`encode_in_groups`), keys in the
+    queries' order (``shuffle=False``: a query and its positive key share sub-batch
+    statistics) or in a fresh random order each step (``shuffle=True``: shuffling batch
+    norm). Adam, ``lr``.
+    Returns the net and the contrastive accuracy of each step (share of queries whose
+    largest logit is their positive key)."""
+    steps = check_int("steps", steps)
+    set_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = contrastive_encoder()
+    net.initialize(mx.init.Xavier())
+    trainer = gluon.Trainer(net.collect_params(), "adam",
+                            {"learning_rate": check_real("lr", lr, positive=True)})
+    accs = []
+    target = nd.arange(batch_size)
+    for _ in range(steps):
+        Xb = X.take(nd.array(rng.choice(X.shape[0], batch_size, replace=False)))
+        q_in, k_in = augment_views(Xb, rng), augment_views(Xb, rng)
+        perm = shuffle_permutation(batch_size, rng)[0] if shuffle else None
+        with autograd.record():
+            loss, logits = info_nce(encode_in_groups(net, q_in, groups),
+                                    encode_in_groups(net, k_in, groups, perm), tau)
+            loss = loss.mean()
+        loss.backward()
+        trainer.step(1)
+        accs.append(float((logits.argmax(axis=1) == target).mean().asscalar()))
+    return net, accs
+
+
+def contrastive_accuracy(net: gluon.Block, X: nd.NDArray, groups: int, keys: str,
+                         seed: int = 0) -> float:
+    """Share of images of ``X: (N, 1, 28, 28)`` (one batch) whose query view finds its
+    key view among the N keys. ``keys='same'``: training-mode statistics, keys in the
+    queries' sub-batches; ``'shuffled'``: training-mode statistics, keys in shuffled
+    sub-batches; ``'inference'``: the stored statistics, no batch dependence. Moving
+    statistics are left unchanged."""
+    if keys not in ("same", "shuffled", "inference"):
+        raise ValueError("keys must be 'same', 'shuffled' or 'inference'; "
+                         f"got {keys!r}")
+    rng = np.random.default_rng(seed)
+    q_in, k_in = augment_views(X, rng), augment_views(X, rng)
+    n = X.shape[0]
+    if keys == "inference":
+        q, k = net(q_in), net(k_in)
+    else:
+        perm = shuffle_permutation(n, rng)[0] if keys == "shuffled" else None
+        with frozen_moving_statistics(net), autograd.train_mode():
+            q = encode_in_groups(net, q_in, groups)
+            k = encode_in_groups(net, k_in, groups, perm)
+    _, logits = info_nce(q, k)
+    return float((logits.argmax(axis=1) == nd.arange(n)).mean().asscalar())
+
+
+def knn_accuracy(net: gluon.Block, Xa: nd.NDArray, ya: nd.NDArray, Xb: nd.NDArray,
+                 yb: nd.NDArray) -> float:
+    """1-nearest-neighbour accuracy (cosine similarity) of the frozen features in
+    inference mode: each image of ``Xb`` takes the label of its nearest image of
+    ``Xa``."""
+    fa = net(Xa.reshape((Xa.shape[0], -1)))
+    fb = net(Xb.reshape((Xb.shape[0], -1)))
+    fa = fa / nd.norm(fa, axis=1, keepdims=True)
+    fb = fb / nd.norm(fb, axis=1, keepdims=True)
+    pred = ya.take(nd.dot(fb, fa, transpose_b=True).argmax(axis=1))
+    return float((pred == yb.astype(pred.dtype)).mean().asscalar())

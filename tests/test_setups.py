@@ -113,3 +113,68 @@ def test_ema_teacher_statistics_sources():
         U.ema_teacher(net, avg, "stale")
     with pytest.raises(ValueError, match="decay"):
         U.train_with_ema((X, nd.zeros(8), X, nd.zeros(8)), 0, 1, decay=1.0)
+
+
+# ---- contrastive helpers ------------------------------------------------------------
+
+def test_info_nce_against_numpy():
+    """Float64 NumPy from the formula: unit rows, logits q k^T / tau, loss
+    -log softmax_ii."""
+    rng = np.random.default_rng(0)
+    q, k = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    loss, logits = U.info_nce(nd.array(q, dtype="float64"),
+                              nd.array(k, dtype="float64"), 0.3)
+    qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+    kn = k / np.linalg.norm(k, axis=1, keepdims=True)
+    L = qn @ kn.T / 0.3
+    ref = -(np.diag(L) - np.log(np.exp(L).sum(axis=1)))
+    np.testing.assert_allclose(logits.asnumpy(), L, rtol=1e-10)
+    np.testing.assert_allclose(loss.asnumpy(), ref, rtol=1e-10)
+
+
+def test_shuffle_permutation_round_trip():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(12, 3))
+    perm, inv = U.shuffle_permutation(12, rng)
+    assert sorted(perm.tolist()) == list(range(12))
+    assert not (perm == np.arange(12)).all()
+    np.testing.assert_array_equal(X[perm][inv], X)
+
+
+def test_encode_in_groups_uses_sub_batch_statistics():
+    """A lone BatchNorm in training mode: each sub-batch of the permuted rows is
+    normalised with its own mean and biased variance (float64 NumPy), and the rows come
+    back in the input order."""
+    from mxnet import autograd, gluon
+    rng = np.random.default_rng(2)
+    X = rng.normal(2, 3, size=(12, 4))
+    bn = gluon.nn.BatchNorm(epsilon=1e-5)
+    bn.initialize()
+    bn.cast("float64")
+    perm, inv = U.shuffle_permutation(12, rng)
+    with autograd.train_mode():
+        Z = U.encode_in_groups(bn, nd.array(X, dtype="float64"), 3, perm).asnumpy()
+    ref = np.empty_like(X)
+    for g in range(3):
+        rows = perm[4 * g:4 * g + 4]
+        S = X[rows]
+        ref[rows] = (S - S.mean(0)) / np.sqrt(S.var(0) + 1e-5)
+    np.testing.assert_allclose(Z, ref, rtol=1e-10, atol=1e-12)
+    with autograd.train_mode():                   # one group = whole-batch statistics
+        Z1 = U.encode_in_groups(bn, nd.array(X, dtype="float64"), 1).asnumpy()
+    ref1 = (X - X.mean(0)) / np.sqrt(X.var(0) + 1e-5)
+    np.testing.assert_allclose(Z1, ref1, rtol=1e-10)
+
+
+def test_contrastive_helpers_reject_bad_arguments():
+    net = U.contrastive_encoder()
+    net.initialize()
+    X = nd.zeros((10, 784))
+    with pytest.raises(ValueError, match="equal sub-batches"):
+        U.encode_in_groups(net, X, 3)
+    with pytest.raises(ValueError, match="permutation"):
+        U.encode_in_groups(net, X, 2, perm=np.zeros(10, dtype=int))
+    with pytest.raises(ValueError, match="one shape"):
+        U.info_nce(nd.zeros((4, 3)), nd.zeros((5, 3)))
+    with pytest.raises(ValueError, match="keys must be"):
+        U.contrastive_accuracy(net, nd.zeros((4, 1, 28, 28)), 2, "all")
