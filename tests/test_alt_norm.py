@@ -145,8 +145,6 @@ def test_renorm_at_r1_d0_is_batch_norm(rng):
     np.testing.assert_allclose(m1.asnumpy(), m2.asnumpy(), rtol=1e-12)
     np.testing.assert_allclose(v1.asnumpy(), v2.asnumpy(), rtol=1e-12)
     # and MXNet's own BatchNorm (eps passed explicitly: nd.BatchNorm's default is 1e-3)
-    theirs = nd.BatchNorm(*f64(x, gamma, beta, mu, var), eps=1e-5, fix_gamma=False,
-                          use_global_stats=False)
     with autograd.train_mode():
         theirs = nd.BatchNorm(*f64(x, gamma, beta, mu, var), eps=1e-5, fix_gamma=False)
     np.testing.assert_allclose(Y.asnumpy(), theirs.asnumpy(), rtol=1e-6, atol=1e-6)
