@@ -49,9 +49,10 @@ def fit_lenet(net, data, num_epochs: int, lr: float, seed: int, *, init: bool = 
     learning rate, adding ``l1 * sum|gamma|`` to the mean loss
     (``d2lbn.compress.add_gamma_l1_grad``) when ``l1 > 0``; test accuracy after every
     epoch. ``init``: Xavier-initialise first (else keep the weights: fine-tuning).
-    ``max_steps``: stop after that many steps (then one accuracy, at the end); the cosine
-    schedule then runs over those steps, so the learning rate reaches 0 at the last one. On the
-    CPU the moving statistics are updated once per step, in ``backward()``."""
+    ``max_steps``: stop after that many steps (then one accuracy, at the end); the
+    cosine schedule then runs over those steps: the learning rate reaches 0 at the
+    last one. On the CPU the moving statistics are updated once per step, in
+    ``backward()``."""
     num_epochs = check_int("num_epochs", num_epochs)
     train_X, train_y, test_X, test_y = data
     set_seed(seed)
