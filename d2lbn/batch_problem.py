@@ -340,29 +340,70 @@ def padding_statistics_gap(net: SeqNet, S: nd.NDArray, lengths: Sequence[int]
 
 # ---- what axis=-1 costs --------------------------------------------------------------
 
+class _ChannelFirst(gluon.Block):
+    """Wrap a channel-first layer for channel-last input: transpose X: (N, ..., C) to
+    (N, C, ...), apply ``layer``, transpose back."""
+
+    def __init__(self, layer: gluon.Block, ndim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+        self.to_first = (0, ndim - 1) + tuple(range(1, ndim - 1))
+        self.to_last = (0,) + tuple(range(2, ndim)) + (1,)
+
+    def forward(self, X: nd.NDArray) -> nd.NDArray:
+        return self.layer(X.transpose(self.to_first)).transpose(self.to_last)
+
+
+#: The three ways :func:`axis_timing` normalises the same values, in its result's order.
+AXIS_WAYS = ("axis=-1", "transpose, axis=1, back", "axis=1, channel-first data")
+
+
 def axis_timing(channels_first: Tuple[int, ...], rounds: int = 5, reps: int = 5,
                 ctx: mx.Context = mx.cpu(), seed: int = 0
                 ) -> Tuple[Dict[str, List[float]], float]:
-    """Forward+backward milliseconds of ``gluon.nn.BatchNorm(axis=1)`` on X of shape
-    ``channels_first`` (N, C, ...) and of ``gluon.nn.BatchNorm(axis=-1)`` on the same
-    values channel-last (N, ..., C), timed in the same rounds
-    (``d2lbn.timing.paired_rounds``).
+    """Forward+backward milliseconds of batch norm over the channels of the same values,
+    three ways (:data:`AXIS_WAYS`), timed in the same rounds
+    (``d2lbn.timing.paired_rounds``):
 
-    Returns ``({'axis=1': [ms per round], 'axis=-1': [...]}, max |difference|)`` where
-    the difference compares the two outputs (transposed back) and must be float32
-    rounding."""
+    * ``"axis=-1"``: ``gluon.nn.BatchNorm(axis=-1)`` on channel-last data (N, ..., C);
+    * ``"transpose, axis=1, back"``: the same channel-last data transposed to
+      (N, C, ...), ``gluon.nn.BatchNorm(axis=1)``, transposed back (the alternative);
+    * ``"axis=1, channel-first data"``: ``gluon.nn.BatchNorm(axis=1)`` on data already
+      stored channel-first, of shape ``channels_first`` (N, C, ...).
+
+    Returns ``({way: [ms per round]}, max |difference|)``, where the difference is the
+    largest between any way's output or input gradient and the ``axis=1`` one's (laid
+    out alike): float32 rounding."""
     from .timing import layer_step, paired_rounds
+    if len(channels_first) < 3:
+        raise ValueError(f"channels_first must be (N, C, ...) with at least one axis after "
+                         f"C; got {channels_first}")
     set_seed(seed)
     X = nd.random.normal(2, 3, shape=channels_first, ctx=ctx)
     perm = (0,) + tuple(range(2, X.ndim)) + (1,)
     back = (0, X.ndim - 1) + tuple(range(1, X.ndim - 1))
     Xl = X.transpose(perm).copy()
     dY = nd.random.normal(shape=channels_first, ctx=ctx)
-    first, last = nn.BatchNorm(axis=1), nn.BatchNorm(axis=-1)
-    for layer in (first, last):
+    dYl = dY.transpose(perm).copy()
+    layers = {AXIS_WAYS[0]: nn.BatchNorm(axis=-1),
+              AXIS_WAYS[1]: _ChannelFirst(nn.BatchNorm(axis=1), X.ndim),
+              AXIS_WAYS[2]: nn.BatchNorm(axis=1)}
+    inputs = {AXIS_WAYS[0]: (Xl, dYl), AXIS_WAYS[1]: (Xl, dYl), AXIS_WAYS[2]: (X, dY)}
+    results = {}
+    for way, layer in layers.items():
         layer.initialize(ctx=ctx)
-    with autograd.train_mode():
-        diff = float(nd.abs(first(X) - last(Xl).transpose(back)).max().asscalar())
-    fns = {"axis=1": layer_step(first, X, dY),
-           "axis=-1": layer_step(last, Xl, dY.transpose(perm).copy())}
+        x, dy = inputs[way][0].copy(), inputs[way][1]
+        x.attach_grad()
+        with autograd.record():
+            y = layer(x)
+        y.backward(dy)
+        if way != AXIS_WAYS[2]:            # lay channel-last results out channel-first
+            y, dx = y.transpose(back), x.grad.transpose(back)
+        else:
+            dx = x.grad
+        results[way] = (y, dx)
+    ref_y, ref_dx = results[AXIS_WAYS[2]]
+    diff = max(float(nd.abs(a - b).max().asscalar())
+               for y, dx in results.values() for a, b in ((y, ref_y), (dx, ref_dx)))
+    fns = {way: layer_step(layer, *inputs[way]) for way, layer in layers.items()}
     return paired_rounds(fns, rounds=rounds, reps=reps), diff

@@ -163,7 +163,29 @@ def test_accuracy_counts():
     assert B.accuracy(Fixed(), [(scores, nd.array([0, 1, 1]))]) == pytest.approx(2 / 3)
 
 
-def test_axis_timing_same_values():
-    times, diff = B.axis_timing((4, 3, 5, 5), rounds=2, reps=2)
-    assert set(times) == {"axis=1", "axis=-1"} and all(len(v) == 2 for v in times.values())
-    assert diff < 1e-5
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (4, 6, 7)])
+def test_axis_timing_same_values(shape):
+    times, diff = B.axis_timing(shape, rounds=2, reps=2)
+    assert list(times) == list(B.AXIS_WAYS) and all(len(v) == 2 for v in times.values())
+    assert all(t > 0 for v in times.values() for t in v)
+    assert diff < 1e-4
+
+
+def test_channel_first_wrapper_against_numpy():
+    # transpose, BatchNorm(axis=1), transpose back = float64 NumPy batch norm per channel
+    # of channel-last data (N, H, W, C); gamma = 1, beta = 0, eps = 1e-5 (Gluon's default)
+    set_seed(0)
+    Xl = nd.random.normal(1, 2, shape=(4, 5, 5, 3))
+    layer = B._ChannelFirst(mx.gluon.nn.BatchNorm(axis=1), 4)
+    layer.initialize()
+    with autograd.train_mode():
+        Y = layer(Xl).asnumpy()
+    x = Xl.asnumpy().astype(np.float64)
+    ref = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-5)
+    assert Y.shape == x.shape
+    np.testing.assert_allclose(Y, ref, atol=1e-4)
+
+
+def test_axis_timing_bad_shape():
+    with pytest.raises(ValueError, match="channels_first"):
+        B.axis_timing((4, 3), rounds=1, reps=1)
